@@ -1,0 +1,73 @@
+"""The detector interface: a dataset (+ shared context) in, one score per row out."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pipelines.dataset import ImageDataset
+from pipelines.registry import Registry
+
+
+@dataclass
+class DetectorResult:
+    """One detector's verdict on every row it was given.
+
+    score: float per row, higher = dirtier (NaN where the row was not scored).
+    flag: bool per row, the detector's own decision.
+    suggested_label: int per row (-1 = no suggestion), for label-noise detectors.
+    info: anything worth putting in metrics/report (thresholds, target classes...).
+    """
+
+    name: str
+    score: np.ndarray
+    flag: np.ndarray
+    suggested_label: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.score = np.asarray(self.score, dtype=np.float64)
+        self.flag = np.asarray(self.flag, dtype=bool)
+        if self.score.shape != self.flag.shape:
+            raise ValueError(f"{self.name}: score and flag lengths differ")
+        if self.suggested_label is not None:
+            self.suggested_label = np.asarray(self.suggested_label, dtype=np.int64)
+
+
+@dataclass
+class AuditContext:
+    """What detectors of one audit share: device, seed, an optional trusted clean set, the
+    expected dirty fraction, and a cache for models trained on the data (keyed by dataset
+    fingerprint + model config) so that several detectors reuse one training run."""
+
+    device: str = "auto"
+    seed: int = 0
+    trusted: ImageDataset | None = None
+    expected_dirty_rate: float = 0.1
+    model_cache: dict = field(default_factory=dict)
+
+
+class Detector:
+    """Base class. Subclasses set ``name`` and ``Config`` (a dataclass) and implement
+    ``score``. Register with ``@DETECTORS.register("name")``."""
+
+    name: ClassVar[str] = ""
+
+    @dataclass
+    class Config:
+        pass
+
+    def __init__(self, config: Any = None, **overrides: Any):
+        cfg = config if config is not None else self.Config()
+        for key, value in overrides.items():
+            if not hasattr(cfg, key):
+                raise TypeError(f"{self.name}: unknown option {key!r}")
+            setattr(cfg, key, value)
+        self.config = cfg
+
+    def score(self, data: ImageDataset, ctx: AuditContext) -> DetectorResult:  # pragma: no cover
+        raise NotImplementedError
+
+
+DETECTORS: Registry[type[Detector]] = Registry("detector")
