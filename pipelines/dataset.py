@@ -20,6 +20,7 @@ class LoadStats:
     n_unreadable: int = 0
     n_resized: int = 0
     n_converted: int = 0  # grayscale, RGBA, palette... converted to RGB
+    n_duplicate_ids: int = 0  # repeated source ids, made unique with a '#k' suffix
     source: str = ""
     source_format: str = ""
 
