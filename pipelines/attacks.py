@@ -365,11 +365,12 @@ class WaNet(Attack):
         return np.clip(grid, -1, 1).astype(np.float32)
 
     @staticmethod
-    def _warp(images: np.ndarray, grid: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    def _warp(images: np.ndarray, grid: np.ndarray) -> np.ndarray:
         import torch
         import torch.nn.functional as F
 
         out = np.empty_like(images)
+        chunk = max(1, (1 << 26) // max(1, images[0].size))  # ~256 MB of float32 per chunk
         g = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32))
         with torch.no_grad():
             for i in range(0, len(images), chunk):
