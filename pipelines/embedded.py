@@ -32,3 +32,17 @@ def load_embedded_clean(name: str) -> ImageDataset:
     if name not in EMBEDDED:
         raise DataError(f"unknown embedded dataset {name!r}; available: {', '.join(EMBEDDED)}")
     return load_digits_rgb()
+
+
+def demo_spec():
+    """The demo's dirt: BadNets on 10% of rows to class 0, plus 5% symmetric label noise."""
+    from .simulate import SimulationSpec
+
+    return SimulationSpec(attack="badnets", poison_rate=0.10, target=0, noise="symmetric", noise_rate=0.05, seed=0)
+
+
+def write_demo_dataset(out_dir) -> dict:
+    """Simulate the demo's dirt on the embedded digits and write data/truth/trigger files."""
+    from .simulate import simulate, write_simulation
+
+    return write_simulation(simulate(load_digits_rgb(), demo_spec()), out_dir)

@@ -232,7 +232,8 @@ def load_parquet(source: str, options: LoadOptions) -> ImageDataset:
 # ---------------------------------------------------------------- Hugging Face datasets
 
 
-def _is_hf_saved(p: Path) -> bool:
+def _is_hf_saved(p: str | Path) -> bool:
+    p = Path(p)
     return p.is_dir() and any((p / n).exists() for n in ("dataset_info.json", "state.json", "dataset_dict.json"))
 
 
@@ -340,3 +341,39 @@ LOADERS.register("parquet")(Loader("parquet", _matches_parquet, load_parquet))
 LOADERS.register("hf_saved")(Loader("hf_saved", _is_hf_saved, load_hf_saved))
 LOADERS.register("image_folder")(Loader("image_folder", _matches_image_folder, load_image_folder))
 LOADERS.register("hf_hub_cache")(Loader("hf_hub_cache", _looks_like_hub_name, load_hf_hub_cached))
+
+
+# ---------------------------------------------------------------- cheap checks before a run
+
+
+def validate_source(source: str | os.PathLike, options: LoadOptions | None = None) -> None:
+    """Catch the usual input mistakes without decoding any image: a missing path, a file that
+    is not Parquet, a wrong schema, an empty table, missing or out-of-range labels. Raises
+    DataError; returns None when the source looks usable (the full load may still find
+    unreadable rows, which are kept and flagged)."""
+    options = options or LoadOptions()
+    source = str(source)
+    matched = next((LOADERS.get(n) for n in LOADERS.names_in_order() if LOADERS.get(n).matches(source)), None)
+    if matched is None:
+        load_dataset(source, options)  # raises the right one-line error
+        return
+    if matched.name != "parquet":
+        return
+    for f in _parquet_files(Path(source)):
+        try:
+            pf = pq.ParquetFile(f)
+            schema = pf.schema_arrow
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{f}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+        _image_column(schema, options, str(f))
+        if options.label_column not in schema.names:
+            raise DataError(f"{f}: no label column {options.label_column!r} (columns: {', '.join(schema.names)})")
+    tables = [pq.read_table(f, columns=[c for c in (options.label_column, options.id_column) if c in pq.read_schema(f).names])
+              for f in _parquet_files(Path(source))]
+    table = pa.concat_tables(tables, promote_options="default")
+    if table.num_rows == 0:
+        raise DataError(f"{source}: the dataset is empty (0 rows)")
+    class_names = options.class_names or class_names_from_metadata(pq.read_schema(_parquet_files(Path(source))[0]).metadata,
+                                                                 options.label_column)
+    ids = table.column(options.id_column).to_pylist() if options.id_column in table.schema.names else list(map(str, range(table.num_rows)))
+    _check_labels(table.column(options.label_column).to_pylist(), class_names, [str(i) for i in ids])
