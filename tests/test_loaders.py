@@ -19,7 +19,7 @@ def test_parquet_file_in_hf_layout(cifar_parquet):
     assert len(ds) == 300
     assert ds.images.shape == (300, 32, 32, 3) and ds.images.dtype == np.uint8
     assert ds.class_names == CIFAR_NAMES
-    assert ds.sample_ids[0] == "train/airplane/0000"
+    assert ds.sample_ids[0] == "train/airplane/0000" and len(set(ds.labels)) == 10
     assert not ds.unreadable.any()
     assert ds.stats.source_format == "parquet"
     assert ds.images.std() > 20  # real pixels, not zeros
