@@ -38,7 +38,7 @@ class DetectorResult:
 @dataclass
 class AuditContext:
     """What detectors of one audit share: device, seed, an optional trusted clean set, the
-    expected dirty fraction, and a cache for models trained on the data (keyed by dataset
+    expected dirty fraction, earlier detectors' results, and a cache for models trained on the data (keyed by dataset
     fingerprint + model config) so that several detectors reuse one training run."""
 
     device: str = "auto"
@@ -46,6 +46,9 @@ class AuditContext:
     trusted: ImageDataset | None = None
     expected_dirty_rate: float = 0.1
     model_cache: dict = field(default_factory=dict)
+    # results of the detectors that already ran in this audit, by name (row order = the
+    # dataset's); a cascade detector such as VDC reads them to pick the rows worth its cost
+    results: dict[str, "DetectorResult"] = field(default_factory=dict)
 
 
 class Detector:

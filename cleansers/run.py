@@ -32,7 +32,9 @@ def run_detector(name: str, ds: ImageDataset, ctx: AuditContext, options: dict[s
         suggested = np.full(n, -1, dtype=np.int64)
         suggested[readable] = inner.suggested_label
     info = dict(inner.info, seconds=seconds, config=_config_dict(detector.config))
-    return DetectorResult(name, score, flag, suggested, info)
+    result = DetectorResult(name, score, flag, suggested, info)
+    ctx.results[name] = result
+    return result
 
 
 def _config_dict(cfg: Any) -> dict:
