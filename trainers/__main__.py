@@ -1,0 +1,87 @@
+"""``python -m trainers train|eval ...`` (works without Prefect installed).
+
+    python -m trainers train --data PATH [--test PATH] [--model NAME] [--preset NAME]
+        [--epochs N] [--batch-size N] [--lr LR] [--device DEV] [--seed N] [--compile]
+        [--trigger trigger.json] --out DIR
+    python -m trainers eval --model-dir DIR --test PATH [--trigger trigger.json] [--device DEV]
+
+Bad input prints ``error: <one line>`` to stderr and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pipelines.errors import VetsetError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainers", description="Train and evaluate vetset models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a model on a dataset and save it with its metrics")
+    t.add_argument("--data", required=True, help="training dataset (Parquet, HF saved dataset, image folder...)")
+    t.add_argument("--test", help="test dataset for CA / per-class accuracy (and ASR/RA with --trigger)")
+    t.add_argument("--model", default="auto",
+                   help="small_cnn, preact_resnet18, torchvision:<name>, timm:<name>; auto = "
+                        "preact_resnet18 on CUDA, small_cnn on CPU")
+    t.add_argument("--preset", default="auto", help="fast, backdoorbench, cpu_small; auto = fast on CUDA, cpu_small on CPU")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA)")
+    t.add_argument("--trigger", help="trigger.json of the attack, to measure ASR and RA")
+    t.add_argument("--pretrained", help="local weights file (.safetensors or .pt state dict)")
+    t.add_argument("--tta-flip", action="store_true", help="average logits with the mirrored image at test time")
+    t.add_argument("--out", required=True, help="output folder (model.safetensors, config.json, metrics.json)")
+    e = sub.add_parser("eval", help="evaluate a saved model")
+    e.add_argument("--model-dir", required=True)
+    e.add_argument("--test", required=True)
+    e.add_argument("--trigger")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--tta-flip", action="store_true")
+    return p
+
+
+def _summary(metrics: dict) -> str:
+    parts = []
+    for key in ("clean_acc", "asr", "ra"):
+        if key in metrics and metrics[key] is not None:
+            parts.append(f"{key} {metrics[key]:.4f}")
+    if "train_seconds" in metrics:
+        parts.append(f"train {metrics['train_seconds']:.1f}s ({metrics['sec_per_epoch']:.2f}s/epoch)")
+    return ", ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            from .train import train_and_save
+
+            metrics = train_and_save(
+                args.data, args.out, test=args.test, model=args.model, preset=args.preset,
+                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
+                seed=args.seed, compile=args.compile, trigger=args.trigger, pretrained=args.pretrained,
+                tta_flip=args.tta_flip, log=lambda line: print(line, flush=True))
+            print(f"saved to {args.out}: {_summary(metrics)}")
+        else:
+            from pipelines.loaders import load_dataset
+
+            from .evaluate import evaluate
+            from .loop import resolve_device
+            from .saved import load_model
+
+            model = load_model(args.model_dir, device=resolve_device(args.device))
+            metrics = evaluate(model, load_dataset(args.test), args.trigger, tta_flip=args.tta_flip)
+            print(json.dumps(metrics, indent=2))
+    except VetsetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

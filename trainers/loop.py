@@ -1,0 +1,476 @@
+"""The fast training loop (one loop for plain training and every in-training defense).
+
+The decoded dataset is moved to the device once, as a uint8 NHWC tensor. Each step indexes
+a batch there, augments it there (:mod:`trainers.augment`), converts it to float (which
+yields a channels_last tensor for free) and runs the model, in bf16 autocast on CUDA.
+Defenses change the loop through :class:`TrainHooks` instead of writing their own.
+
+Repeatable: the same model initialisation, data and ``TrainConfig.seed`` give the same
+weights on the CPU (on CUDA, cuDNN's non-deterministic kernels may differ in the last bits).
+
+Multi-GPU: when started by ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` > 1 in the
+environment), :func:`fit` joins the process group, puts each rank on ``cuda:LOCAL_RANK``,
+wraps the model in DistributedDataParallel and gives each rank its own share of every
+epoch's permutation. See docs/training.md.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import AugmentConfig, augment_batch, to_float
+
+SCHEDULES = ("onecycle", "cosine", "multistep", "constant")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass
+class TrainConfig:
+    """How to train. The defaults are the fast GPU recipe for PreAct-ResNet18 on CIFAR-10
+    (OneCycle to peak lr 0.4, batch 512, nesterov SGD, wd 5e-4, label smoothing 0.1), which
+    reached 91.2% in 30 epochs on the shared JPEG CIFAR-10 (../shared/ENVIRONMENT.md). See
+    :data:`PRESETS` for BackdoorBench's recipe and a CPU one.
+
+    schedule: "onecycle" (linear warm-up from lr/``div_factor`` over ``warmup_frac`` of the
+    steps, then linear decay to 0), "cosine" (per step, to 0), "multistep" (x ``gamma`` at
+    each epoch in ``milestones``) or "constant". All are stepped per batch.
+    amp / channels_last: "auto" = bf16 autocast on CUDA only; channels_last everywhere (it is
+    faster on the CPU too for these convnets). device: "auto" = cuda:LOCAL_RANK if CUDA is
+    available, else cpu.
+    """
+
+    epochs: int = 30
+    batch_size: int = 512
+    lr: float = 0.4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    optimizer: str = "sgd"
+    schedule: str = "onecycle"
+    warmup_frac: float = 0.25
+    div_factor: float = 10.0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    label_smoothing: float = 0.1
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    max_grad_norm: float | None = None
+    device: str = "auto"
+    amp: Any = "auto"  # "auto" | True | False
+    channels_last: Any = "auto"
+    compile: bool = False
+    seed: int = 0
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig(**self.augment)
+        self.milestones = tuple(int(m) for m in self.milestones)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.epochs < 0 or self.batch_size < 1 or self.lr < 0:
+            raise ValueError("epochs >= 0, batch_size >= 1 and lr >= 0 are required")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def replace(self, **overrides: Any) -> "TrainConfig":
+        d = self.to_dict()
+        unknown = set(overrides) - set(d)
+        if unknown:
+            raise TypeError(f"unknown TrainConfig option(s): {sorted(unknown)}")
+        d.update(overrides)
+        return TrainConfig.from_dict(d)
+
+
+def _fast() -> TrainConfig:
+    """ENVIRONMENT.md's fast recipe: 91.2% CA in 30 epochs with PreAct-ResNet18 on an H100."""
+    return TrainConfig()
+
+
+def _backdoorbench() -> TrainConfig:
+    """BackdoorBench's default training (specs/defenses.md): 100 epochs, batch 128, SGD lr
+    0.01, momentum 0.9, wd 5e-4, cosine; RandomCrop(32, pad 4) (zero padding) + flip."""
+    return TrainConfig(epochs=100, batch_size=128, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                       nesterov=False, schedule="cosine", label_smoothing=0.0,
+                       augment=AugmentConfig(pad_mode="zero"))
+
+
+def _cpu_small() -> TrainConfig:
+    """For small_cnn on a few CPU cores: few epochs, batch 128, OneCycle to 0.1 (chosen here
+    by a short sweep on CIFAR-10 slices; not a published recipe)."""
+    return TrainConfig(epochs=10, batch_size=128, lr=0.1, schedule="onecycle")
+
+
+# Named factories: call them to get a fresh config (never mutate a shared one).
+PRESETS: dict[str, Callable[[], TrainConfig]] = {
+    "fast": _fast,
+    "backdoorbench": _backdoorbench,
+    "cpu_small": _cpu_small,
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    from pipelines.errors import VetsetError
+
+    if name not in PRESETS:
+        raise VetsetError(f"unknown training preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    cfg = PRESETS[name]()
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+@dataclass
+class TrainHooks:
+    """How a defense changes the loop without writing its own.
+
+    loss_fn(per_sample_loss, logits, labels, batch_idx) -> scalar: replaces the batch mean of
+        the per-sample cross-entropy (e.g. ABL's flooding, see :func:`flooding_loss`).
+        ``batch_idx`` holds the rows' dataset indices; rows from ``extra_batch`` carry -1.
+    extra_batch(epoch, step) -> (images, labels) | None: rows appended to every batch. uint8
+        NHWC images get the loop's augmentation like the main rows; a float NCHW tensor in
+        [0, 1] (or beyond, e.g. PDB's 2.0 trigger) is used as given (augment it yourself).
+    transform(x, labels, batch_idx) -> x: applied to the main rows' float NCHW batch after
+        augmentation (not to the extra rows).
+    ascent: True, or epoch -> bool: negate the loss (gradient ascent, for unlearning).
+    on_epoch_end(epoch, model) -> bool: called after each epoch; True stops training.
+    """
+
+    loss_fn: Callable[..., torch.Tensor] | None = None
+    extra_batch: Callable[[int, int], Any] | None = None
+    transform: Callable[..., torch.Tensor] | None = None
+    ascent: bool | Callable[[int], bool] = False
+    on_epoch_end: Callable[[int, nn.Module], Any] | None = None
+
+    def ascending(self, epoch: int) -> bool:
+        return bool(self.ascent(epoch)) if callable(self.ascent) else bool(self.ascent)
+
+
+def flooding_loss(gamma: float = 0.5, form: str = "sign") -> Callable[..., torch.Tensor]:
+    """ABL's local gradient ascent on the batch-mean loss l (Li et al., NeurIPS 2021):
+    "sign": sign(l - gamma) * l (the authors' code); "flood": |l - gamma| + gamma (flooding,
+    Ishida et al. 2020). Both have the same gradient."""
+    if form not in ("sign", "flood"):
+        raise ValueError(f"form must be 'sign' or 'flood', got {form!r}")
+
+    def loss_fn(per_sample: torch.Tensor, logits, labels, batch_idx) -> torch.Tensor:
+        mean = per_sample.mean()
+        if form == "sign":
+            return torch.sign(mean - gamma) * mean
+        return (mean - gamma).abs() + gamma
+
+    return loss_fn
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def sec_per_epoch(self) -> float:
+        return self.seconds / max(1, len(self.history))
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """"auto" -> cuda:LOCAL_RANK when CUDA is available (LOCAL_RANK from torchrun/accelerate,
+    default 0), else cpu. "cuda" also picks cuda:LOCAL_RANK."""
+    if isinstance(device, torch.device):
+        return device
+    device = (device or "auto").lower()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            from pipelines.errors import VetsetError
+
+            raise VetsetError("device 'cuda' was asked for but CUDA is not available")
+        return torch.device("cuda", local_rank)
+    return torch.device(device)
+
+
+def _auto(flag: Any, on_cuda: bool, cpu_value: bool) -> bool:
+    if flag == "auto":
+        return True if on_cuda else cpu_value
+    return bool(flag)
+
+
+def _dist_world() -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched with WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_main_process() -> bool:
+    """True except on ranks > 0 of a distributed run (only rank 0 should write files)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def as_uint8_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(images, torch.Tensor):
+        if images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8, got {images.dtype}")
+        return images
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"images must be uint8, got {arr.dtype}")
+    if not arr.flags.writeable or not arr.flags.c_contiguous:
+        arr = np.array(arr, copy=True, order="C")  # torch wants writable, contiguous memory
+    return torch.from_numpy(arr)
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of ``cfg.lr`` at optimizer step ``step`` (0-based)."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    t = min(step, total) / total
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if cfg.schedule == "multistep":
+        epoch = step // max(1, steps_per_epoch)
+        return cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
+    # onecycle
+    w = cfg.warmup_frac
+    start = 1.0 / cfg.div_factor
+    if w > 0 and t < w:
+        return start + (1.0 - start) * t / w
+    return max(0.0, (1.0 - t) / max(1e-12, 1.0 - w))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    out = [(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
+    if len(out) > 1 and out[-1][1] - out[-1][0] < 2:  # BatchNorm cannot train on one row
+        out.pop()
+    return out
+
+
+def _extra_rows(extra: Any, device: torch.device, cfg: TrainConfig, gen: torch.Generator,
+                channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = extra
+    images = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    labels = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.array(labels, dtype=np.int64))
+    images = images.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        if cfg.augment.active:
+            images = augment_batch(images, cfg.augment, generator=gen)
+        images = to_float(images)
+    if not channels_last:
+        images = images.contiguous()
+    return images, labels.to(device=device, dtype=torch.long)
+
+
+def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[int] | np.ndarray | torch.Tensor,
+        cfg: TrainConfig | None = None, hooks: TrainHooks | None = None,
+        log: Callable[[dict], Any] | None = None) -> TrainResult:
+    """Train ``model`` (float [0,1] NCHW in, logits out) on uint8 NHWC ``images``.
+
+    Returns the same model (moved to the device, in eval mode) and one dict per epoch:
+    ``epoch``, ``loss`` (mean per-sample cross-entropy of the main rows), ``objective``
+    (mean of what was optimised, after hooks and ascent), ``acc`` (training accuracy on the
+    augmented main rows), ``lr`` (at the epoch's end), ``seconds``.
+    """
+    cfg = cfg or TrainConfig()
+    hooks = hooks or TrainHooks()
+    device = resolve_device(cfg.device)
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        torch.cuda.set_device(device)
+    rank, world = _dist_world()
+    use_amp = _auto(cfg.amp, on_cuda, False)
+    channels_last = _auto(cfg.channels_last, on_cuda, True)
+
+    torch.manual_seed(cfg.seed)
+    data = as_uint8_tensor(images)
+    if data.ndim != 4:
+        raise ValueError(f"images must be (N, H, W, C) uint8, got shape {tuple(data.shape)}")
+    data = data.to(device)
+    targets = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.array(labels, dtype=np.int64))
+    targets = targets.to(device=device, dtype=torch.long).reshape(-1)
+    if len(targets) != len(data):
+        raise ValueError(f"{len(data)} images but {len(targets)} labels")
+    n = len(data)
+
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_model: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(model, device_ids=[device.index] if on_cuda else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+
+    n_local = n // world if world > 1 else n
+    batches = _batches(n_local, cfg.batch_size)
+    steps_per_epoch = max(1, len(batches))
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
+    perm_gen = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + 17 + rank)
+    amp_ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else None
+
+    history: list[dict] = []
+    t_start = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        train_model.train()
+        ascent = hooks.ascending(epoch)
+        perm = torch.randperm(n, generator=perm_gen)
+        if world > 1:
+            perm = perm[rank::world][:n_local]
+        perm = perm.to(device)
+        loss_sum = torch.zeros((), device=device)
+        obj_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        for step, (a, b) in enumerate(batches):
+            idx = perm[a:b]
+            xb, yb = data[idx], targets[idx]
+            if cfg.augment.active:
+                xb = augment_batch(xb, cfg.augment, generator=aug_gen)
+            x = to_float(xb)
+            if not channels_last:
+                x = x.contiguous()
+            if hooks.transform is not None:
+                x = hooks.transform(x, yb, idx)
+            y, bidx, n_main = yb, idx, len(yb)
+            if hooks.extra_batch is not None:
+                extra = hooks.extra_batch(epoch, step)
+                if extra is not None:
+                    ex, ey = _extra_rows(extra, device, cfg, aug_gen, channels_last)
+                    x = torch.cat([x, ex.to(x.dtype)])
+                    y = torch.cat([yb, ey])
+                    bidx = torch.cat([idx, torch.full((len(ey),), -1, device=device, dtype=idx.dtype)])
+            if amp_ctx is not None:
+                with amp_ctx():
+                    logits = train_model(x)
+            else:
+                logits = train_model(x)
+            logits = logits.float()
+            per = F.cross_entropy(logits, y, reduction="none", label_smoothing=cfg.label_smoothing)
+            loss = hooks.loss_fn(per, logits, y, bidx) if hooks.loss_fn is not None else per.mean()
+            if ascent:
+                loss = -loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                loss_sum += per[:n_main].detach().sum()
+                obj_sum += loss.detach() * n_main
+                correct += (logits[:n_main].argmax(1) == yb).sum()
+            seen += n_main
+        if on_cuda:
+            torch.cuda.synchronize(device)
+        record = {
+            "epoch": epoch,
+            "loss": float(loss_sum) / max(1, seen),
+            "objective": float(obj_sum) / max(1, seen),
+            "acc": float(correct) / max(1, seen),
+            "lr": float(optimizer.param_groups[0]["lr"]),
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        if log is not None:
+            log(record)
+        if hooks.on_epoch_end is not None and hooks.on_epoch_end(epoch, model):
+            break
+    model.eval()
+    return TrainResult(model=model, history=history, seconds=time.perf_counter() - t_start)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 1024, *,
+                   device: str | torch.device | None = None, amp: Any = "auto",
+                   tta_flip: bool = False) -> np.ndarray:
+    """Logits (N, K) float32 in eval mode, no augmentation (``tta_flip`` averages with the
+    mirrored image). ``device`` None = wherever the model is."""
+    dev = _model_device(model) if device is None else resolve_device(device)
+    model.to(dev)
+    was_training = model.training
+    model.eval()
+    use_amp = _auto(amp, dev.type == "cuda", False)
+    data = as_uint8_tensor(images)
+    out = []
+    try:
+        for s in range(0, len(data), batch_size):
+            x = to_float(data[s:s + batch_size].to(dev, non_blocking=True))
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(x).float()
+                if tta_flip:
+                    logits = 0.5 * (logits + model(x.flip(3)).float())
+            out.append(logits.cpu())
+    finally:
+        model.train(was_training)
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def per_sample_loss(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[int] | np.ndarray,
+                    batch_size: int = 1024, *, device: str | torch.device | None = None,
+                    amp: Any = False) -> np.ndarray:
+    """Cross-entropy of each row against ``labels`` (eval mode, no augmentation, fp32 by
+    default so that close losses still rank correctly)."""
+    logits = torch.from_numpy(predict_logits(model, images, batch_size, device=device, amp=amp))
+    y = torch.from_numpy(np.array(labels, dtype=np.int64))
+    if len(logits) == 0:
+        return np.zeros(0, dtype=np.float32)
+    return F.cross_entropy(logits, y, reduction="none").numpy()

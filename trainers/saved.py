@@ -1,0 +1,196 @@
+"""The saved-model contract: a folder with ``model.safetensors`` and ``config.json``.
+
+``config.json`` says how to rebuild the module (architecture name from the model registry,
+number of classes, input size, normalisation, architecture keyword arguments) and which
+inference wrapper, if any, must be put around it. ``load_model`` rebuilds the module from
+that description and loads the tensors with safetensors: no pickle, and nothing in the
+folder is ever executed.
+
+Inference wrappers (:data:`WRAPPERS`) let a defense ship behaviour that must always run
+at inference, e.g. PDB's "add the defensive trigger, then un-permute the labels". A wrapper
+factory takes the bare classifier plus JSON parameters and returns a module; the loaded
+model is the wrapped one. Register one with::
+
+    @WRAPPERS.register("pdb")
+    def pdb_wrapper(inner: nn.Module, **params) -> nn.Module: ...
+
+A wrapper module should keep the bare model as ``.inner`` (so detectors can still reach
+``inner.net``) and set ``wrapper_name``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from pipelines.errors import VetsetError
+from pipelines.registry import Registry
+
+from .models import ImageClassifier, build_model
+
+FORMAT = "vetset-model"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+WRAPPERS: Registry[Callable[..., nn.Module]] = Registry("model wrapper")
+
+
+class PermuteLogits(nn.Module):
+    """out[:, k] = inner(x)[:, perm[k]]: maps the inner model's label space back to the
+    user's (e.g. undoing PDB's h(y) = (y + 1) mod K with perm[k] = (k + 1) mod K)."""
+
+    wrapper_name = "permute_logits"
+
+    def __init__(self, inner: nn.Module, perm: Sequence[int]):
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("perm", torch.tensor([int(p) for p in perm], dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x).index_select(1, self.perm.to(x.device))
+
+
+@WRAPPERS.register("permute_logits")
+def _permute_logits(inner: nn.Module, perm: Sequence[int]) -> nn.Module:
+    return PermuteLogits(inner, perm)
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, default=_json_default)
+            f.write("\n")
+
+    _atomic_write(path, write)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _wrapper_spec(wrapper: Any) -> dict | None:
+    if wrapper is None:
+        return None
+    if isinstance(wrapper, str):
+        wrapper = {"name": wrapper, "params": {}}
+    if not isinstance(wrapper, dict) or "name" not in wrapper:
+        raise ValueError("wrapper must be a name or {'name': ..., 'params': {...}}")
+    spec = {"name": str(wrapper["name"]), "params": dict(wrapper.get("params") or {})}
+    WRAPPERS.get(spec["name"])  # fail early on an unknown wrapper
+    json.dumps(spec["params"])  # params must be plain JSON
+    return spec
+
+
+def save_model(model: nn.Module, dir: str | os.PathLike, *, arch: str, num_classes: int,
+               class_names: Sequence[str] | None, input_size: Sequence[int],
+               mean: Sequence[float], std: Sequence[float], wrapper: str | dict | None = None,
+               arch_kwargs: dict | None = None, extra: dict | None = None) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` into ``dir`` (each atomically).
+
+    ``model`` is the bare :class:`ImageClassifier` or, when ``wrapper`` is given, either
+    that bare model (it gets wrapped here) or the already wrapped module. ``extra`` is free
+    JSON (training config, metrics...). Returns the folder.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = _wrapper_spec(wrapper)
+    if spec is not None and getattr(model, "wrapper_name", None) != spec["name"]:
+        model = WRAPPERS.get(spec["name"])(model, **spec["params"])
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    # tied/shared tensors would make safetensors refuse; clone so every entry owns its memory
+    state = {k: v.clone() for k, v in state.items()}
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": arch,
+        "arch_kwargs": dict(arch_kwargs or {}),
+        "num_classes": int(num_classes),
+        "class_names": [str(c) for c in class_names] if class_names is not None else None,
+        "input_size": [int(input_size[0]), int(input_size[1])],
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "wrapper": spec,
+        "weights": WEIGHTS_FILE,
+        "torch_version": torch.__version__,
+        "extra": extra or {},
+    }
+    _atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
+    write_json_atomic(config, out / CONFIG_FILE)
+    return out
+
+
+def read_config(dir: str | os.PathLike) -> dict:
+    path = Path(dir) / CONFIG_FILE
+    if not path.is_file():
+        raise VetsetError(f"not a saved vetset model (no {CONFIG_FILE}): {dir}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VetsetError(f"{path} is not valid JSON: {exc}") from None
+    if config.get("format") != FORMAT:
+        raise VetsetError(f"{path} is not a {FORMAT} config")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise VetsetError(f"{path} has format_version {config['format_version']}; this vetset reads up to {FORMAT_VERSION}")
+    return config
+
+
+def load_model(dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model described by ``config.json`` and load ``model.safetensors`` into it
+    (strictly: every tensor must match). Returns the wrapped model when a wrapper is named,
+    in eval mode, with the config available as ``model.vetset_config``."""
+    from safetensors.torch import load_file
+
+    config = read_config(dir)
+    name = str(config.get("weights", WEIGHTS_FILE))
+    if Path(name).name != name or not name.endswith(".safetensors"):
+        raise VetsetError(f"{CONFIG_FILE}: 'weights' must be a .safetensors file name in the folder, got {name!r}")
+    weights = Path(dir) / name
+    if not weights.is_file():
+        raise VetsetError(f"weights file missing: {weights}")
+    model: nn.Module = build_model(config["arch"], config["num_classes"], tuple(config["input_size"]),
+                                   config["mean"], config["std"], **config.get("arch_kwargs", {}))
+    spec = config.get("wrapper")
+    if spec:
+        model = WRAPPERS.get(spec["name"])(model, **spec.get("params", {}))
+    state = load_file(str(weights), device="cpu")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise VetsetError(f"{weights} does not match {config['arch']}: {str(exc).splitlines()[0]}") from None
+    model.vetset_config = config
+    return model.to(device).eval()
+
+
+def bare_model(model: nn.Module) -> ImageClassifier:
+    """The :class:`ImageClassifier` inside any stack of inference wrappers."""
+    while not isinstance(model, ImageClassifier) and hasattr(model, "inner"):
+        model = model.inner
+    return model
