@@ -1,19 +1,26 @@
 """Fuse the detectors' verdicts into one ``dirty_score``, ``flagged``, ``reasons`` and
 ``suggested_label`` per row.
 
-Threshold logic (the default, ``min_votes=1``):
+Threshold logic (the defaults: ``min_votes=1``, ``needs_agreement=("spectral",
+"activation_clustering", "abl")``, ``agreement_votes=2``):
 - each detector's score is mapped onto [0, 1] by rank, piecewise, so that the rows the
   detector flagged occupy (0.5, 1] and the rest [0, 0.5): a row's calibrated score is >= 0.5
   exactly when that detector fired, and it orders rows by the detector's own score;
-- ``dirty_score`` is the ``min_votes``-th largest calibrated score of the row (the maximum for
-  one vote), so ``flagged = dirty_score >= 0.5`` means "at least ``min_votes`` detectors
-  fired". One vote is the default because the detectors are specialists (VDC and confident
-  learning see wrong labels, AGPD and ABL see triggers): requiring agreement would lose each
-  one's unique catches.
+- the detectors are of two kinds. *Specialists* with their own calibrated decision (AGPD,
+  confident learning, VDC, and any detector not named in ``needs_agreement``) may flag a row
+  alone: one vote is the default because they see different dirt (VDC and confident learning
+  see wrong labels, AGPD sees triggers), and requiring agreement would lose each one's
+  unique catches. *Quota* detectors (``needs_agreement``: spectral signatures and activation
+  clustering flag a fixed share of classes by design, ABL flags the expected dirty rate of
+  the rows, dirty or not) count only when at least ``agreement_votes`` detectors (of any kind)
+  fired on the row;
+- ``dirty_score = max(min_votes-th largest calibrated score among specialists,
+  agreement_votes-th largest among all detectors)``, so ``flagged = dirty_score >= 0.5``
+  means exactly "``min_votes`` specialists fired, or ``agreement_votes`` detectors did";
 - unreadable rows get ``dirty_score = 1`` and the reason ``unreadable``;
-- ``reasons`` names the detectors that fired, most confident first;
-- ``suggested_label`` comes from the first detector (in the given order) that fired on the
-  row and offered one; -1 when none did.
+- ``reasons`` names, for flagged rows, the detectors that fired, most confident first;
+- ``suggested_label`` comes from the first detector (in the given order) that fired on a
+  flagged row and offered one; -1 when none did.
 """
 from __future__ import annotations
 
@@ -27,9 +34,27 @@ from pipelines.dataset import ImageDataset
 from .base import DetectorResult
 
 
+DEFAULT_NEEDS_AGREEMENT = ("spectral", "activation_clustering", "abl")
+
+
 @dataclass
 class FusionConfig:
     min_votes: int = 1
+    needs_agreement: tuple[str, ...] = DEFAULT_NEEDS_AGREEMENT
+    agreement_votes: int = 2
+
+    def __post_init__(self) -> None:
+        self.needs_agreement = tuple(self.needs_agreement)
+        if self.min_votes < 1 or self.agreement_votes < 1:
+            raise ValueError("min_votes and agreement_votes must be >= 1")
+
+
+def _kth_largest(columns: list[np.ndarray], k: int, n: int) -> np.ndarray:
+    """Row-wise k-th largest value of ``columns`` (0 where there are fewer than k columns)."""
+    if len(columns) < k:
+        return np.zeros(n)
+    stack = np.sort(np.stack(columns, axis=1), axis=1)[:, ::-1]
+    return stack[:, k - 1]
 
 
 def calibrate(result: DetectorResult) -> np.ndarray:
@@ -66,23 +91,26 @@ def fuse(ds: ImageDataset, results: list[DetectorResult], config: FusionConfig |
         frame[f"{r.name}_score"] = r.score
         frame[f"{r.name}_flag"] = r.flag
         calibrated.append(np.nan_to_num(calibrate(r), nan=0.0))
-    if calibrated:
-        stack = np.sort(np.stack(calibrated, axis=1), axis=1)[:, ::-1]
-        k = min(config.min_votes, stack.shape[1]) - 1
-        dirty = stack[:, k]
-    else:
-        dirty = np.zeros(n)
+    specialists = [c for c, r in zip(calibrated, results) if r.name not in config.needs_agreement]
+    dirty = np.maximum(_kth_largest(specialists, config.min_votes, n),
+                       _kth_largest(calibrated, max(config.agreement_votes, config.min_votes), n))
     dirty = np.where(ds.unreadable, 1.0, dirty)
     frame["dirty_score"] = dirty
     frame["flagged"] = dirty >= 0.5
-    frame["reasons"] = _reasons(ds, results, calibrated)
-    frame["suggested_label"] = _suggested(n, results)
+    frame["reasons"] = _reasons(ds, results, calibrated, frame["flagged"].to_numpy())
+    frame["suggested_label"] = _suggested(n, results, frame["flagged"].to_numpy())
     return frame
 
 
-def _reasons(ds: ImageDataset, results: list[DetectorResult], calibrated: list[np.ndarray]) -> list[str]:
+def _reasons(ds: ImageDataset, results: list[DetectorResult], calibrated: list[np.ndarray],
+             flagged: np.ndarray) -> list[str]:
+    """The detectors that fired on each flagged row (most confident first); empty for rows
+    the fusion did not flag (a lone quota detector's flag is not a reason)."""
     reasons = []
     for i in range(len(ds)):
+        if not flagged[i]:
+            reasons.append("")
+            continue
         fired = sorted(
             ((calibrated[j][i], r.name) for j, r in enumerate(results) if r.flag[i]), reverse=True
         )
@@ -92,11 +120,11 @@ def _reasons(ds: ImageDataset, results: list[DetectorResult], calibrated: list[n
     return reasons
 
 
-def _suggested(n: int, results: list[DetectorResult]) -> np.ndarray:
+def _suggested(n: int, results: list[DetectorResult], flagged: np.ndarray) -> np.ndarray:
     out = np.full(n, -1, dtype=np.int64)
     for r in results:
         if r.suggested_label is None:
             continue
-        take = (out < 0) & r.flag & (r.suggested_label >= 0)
+        take = (out < 0) & flagged & r.flag & (r.suggested_label >= 0)
         out[take] = r.suggested_label[take]
     return out

@@ -66,3 +66,17 @@ def test_audit_metrics_splits_poisoned_and_noisy():
     assert m["d"]["all"]["tpr"] == pytest.approx(2 / 3)
     assert m["d"]["poisoned"]["tpr"] == 0.5 and m["d"]["noisy"]["tpr"] == 1.0
     assert m["d"]["attack:badnets"]["n_dirty"] == 2 and m["fused"]["all"]["fpr"] == 0.0
+
+
+def test_quota_detectors_count_only_with_agreement():
+    ds = _ds(4)
+    agpd = DetectorResult("agpd", [0.9, 0.1, 0.1, 0.1], [1, 0, 0, 0])
+    spectral = DetectorResult("spectral", [0.1, 0.9, 0.8, 0.1], [0, 1, 1, 0])
+    ac = DetectorResult("activation_clustering", [0.1, 0.1, 0.9, 0.1], [0, 0, 1, 0])
+    f = fuse(ds, [agpd, spectral, ac])
+    assert f["flagged"].tolist() == [True, False, True, False]
+    assert f["reasons"][0] == "agpd" and f["reasons"][1] == ""
+    assert set(f["reasons"][2].split(",")) == {"spectral", "activation_clustering"}
+    assert (f["dirty_score"][[0, 2]] >= 0.5).all() and (f["dirty_score"][[1, 3]] < 0.5).all()
+    union = fuse(ds, [agpd, spectral, ac], FusionConfig(needs_agreement=()))
+    assert union["flagged"].tolist() == [True, True, True, False]
