@@ -51,3 +51,79 @@ def cifar_parquet(tmp_path, cifar_dir) -> Path:
     path = tmp_path / "cifar300.parquet"
     pq.write_table(cifar_slice(300), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """A real, temporary Prefect server (SQLite) for the whole session."""
+    import os
+
+    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def poisoned_cifar(tmp_path_factory, cifar_dir) -> dict:
+    """600 class-balanced real CIFAR-10 rows, BadNets on 10% to class 0 + 5% symmetric noise,
+    written by the simulator (data.parquet, truth.parquet, trigger.json)."""
+    from pipelines.loaders import load_dataset
+    from pipelines.simulate import SimulationSpec, simulate, write_simulation
+
+    out = tmp_path_factory.mktemp("poisoned")
+    pq.write_table(cifar_slice(600), out / "clean.parquet")
+    result = simulate(load_dataset(out / "clean.parquet"),
+                      SimulationSpec(attack="badnets", poison_rate=0.1, noise="symmetric", noise_rate=0.05, seed=1))
+    return {k: str(v) for k, v in write_simulation(result, out / "sim").items()}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real `prefect server start` on 127.0.0.1 and a free port, with its own PREFECT_HOME.
+    Yields the API URL; the server is stopped at the end of the session."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

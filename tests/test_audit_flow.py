@@ -1,0 +1,138 @@
+"""The audit end to end through Prefect's test harness (a real temporary server), and the
+CLI's handling of bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import REPO
+
+FAST_ABL = {"abl": {"epochs": 4}}
+
+
+def _artifacts(flow_run_id) -> list[dict]:
+    """The flow run's artifacts, read back from the server's REST API."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    body = {"artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}}}
+    response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def test_audit_flow_writes_the_contract(prefect_harness, poisoned_cifar, tmp_path):
+    from flows.audit import audit_flow
+    from flows.params import AuditParams
+
+    out = tmp_path / "run"
+    params = AuditParams(data=poisoned_cifar["data"], truth=poisoned_cifar["truth"], detectors=["abl"],
+                         detector_options=FAST_ABL, out=str(out))
+    state = audit_flow(params, return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary.rows == 600
+
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert len(scores) == 600 and scores["sample_id"].is_unique
+    for col in ("sample_id", "index", "label", "abl_score", "abl_flag", "dirty_score", "flagged", "reasons",
+                "suggested_label"):
+        assert col in scores.columns, col
+    assert scores["abl_flag"].sum() > 0
+    flagged = pd.read_parquet(out / "flagged.parquet")
+    assert len(flagged) == scores["flagged"].sum()
+    assert flagged["dirty_score"].is_monotonic_decreasing
+    assert (flagged["reasons"].str.len() > 0).all()
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rows"]["in"] == manifest["rows"]["out"] == 600
+    assert manifest["dataset"]["fingerprint"] and manifest["versions"]["prefect"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["detection"]) == {"abl", "fused"}
+    assert metrics["detection"]["abl"]["poisoned"]["n_dirty"] == 60
+    assert metrics["detection"]["abl"]["noisy"]["n_dirty"] == 30
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Against the truth table" in html
+    assert (out / "report.md").exists() and (out / "truth.parquet").exists()
+    assert not list(out.glob(".*.tmp"))
+
+    kinds = {a["key"]: a["type"] for a in _artifacts(state.state_details.flow_run_id)}
+    assert kinds == {"vetset-audit-summary": "markdown", "vetset-top-flagged": "table"}
+
+
+def test_unreadable_rows_flow_through_flagged(prefect_harness, poisoned_cifar, tmp_path):
+    from flows.audit import audit_flow
+    from flows.params import AuditParams
+
+    table = pq.read_table(poisoned_cifar["data"]).slice(0, 200)
+    images = table.column("image").to_pylist()
+    for i, junk in ((3, b"not an image"), (50, b""), (120, images[120]["bytes"][:40])):
+        images[i] = {"bytes": junk, "path": images[i]["path"]}
+    table = table.set_column(1, "image", pa.array(images, table.schema.field("image").type))
+    pq.write_table(table, tmp_path / "broken.parquet")
+
+    summary = audit_flow(AuditParams(data=str(tmp_path / "broken.parquet"), detectors=["abl"],
+                                     detector_options=FAST_ABL, out=str(tmp_path / "run")))
+    assert summary.rows == 200 and summary.unreadable == 3
+    scores = pd.read_parquet(tmp_path / "run" / "scores.parquet")
+    bad = scores[scores["is_unreadable"]]
+    assert bad["index"].tolist() == [3, 50, 120]
+    assert bad["flagged"].all() and (bad["reasons"] == "unreadable").all() and bad["abl_score"].isna().all()
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["rows"]["unreadable"] == 3 and manifest["rows"]["out"] == 200
+
+
+def test_demo_prints_tables_report_and_metrics(prefect_harness, tmp_path, capsys):
+    from flows.cli import run
+
+    assert run(["demo", "--out", str(tmp_path / "demo"), "--set", "abl.epochs=4"]) == 0
+    out = capsys.readouterr().out
+    assert "report:" in out and "scores:" in out and "fused" in out and "TPR" in out
+    scores = pd.read_parquet(tmp_path / "demo" / "audit" / "scores.parquet")
+    assert len(scores) == 1797
+    metrics = json.loads((tmp_path / "demo" / "audit" / "metrics.json").read_text())
+    assert metrics["detection"]["fused"]["poisoned"]["n_dirty"] == 180
+
+
+def _vetset(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "flows", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize("case", ["missing", "wrong_schema", "label_range", "bad_truth"])
+def test_cli_bad_input_one_line_nonzero_nothing_written(tmp_path, poisoned_cifar, case):
+    data, truth = poisoned_cifar["data"], None
+    if case == "missing":
+        data = str(tmp_path / "nope.parquet")
+    elif case == "wrong_schema":
+        pq.write_table(pa.table({"pixels": [b"x"], "label": [0]}), tmp_path / "w.parquet")
+        data = str(tmp_path / "w.parquet")
+    elif case == "label_range":
+        t = pq.read_table(data).slice(0, 30)
+        labels = np.asarray(t.column("label").to_pylist())
+        labels[5] = 10
+        pq.write_table(t.set_column(2, "label", pa.array(labels, pa.int64())), tmp_path / "r.parquet")
+        data = str(tmp_path / "r.parquet")
+    elif case == "bad_truth":
+        truth = str(tmp_path / "missing-truth.parquet")
+    out = tmp_path / "out"
+    args = ["audit", "--data", data, "--out", str(out)] + (["--truth", truth] if truth else [])
+    proc = _vetset(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vetset: error:"), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not out.exists()
+
+
+def test_cli_rejects_unknown_detector_and_option(tmp_path, poisoned_cifar):
+    proc = _vetset("audit", "--data", poisoned_cifar["data"], "--detectors", "abl,nosuch", cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown detector(s) nosuch" in proc.stderr
+    proc = _vetset("audit", "--data", poisoned_cifar["data"], "--set", "abl.nonsense=1", cwd=tmp_path)
+    assert proc.returncode == 2 and "abl.nonsense: unknown option" in proc.stderr
