@@ -172,18 +172,22 @@ class VLMBackend:
             raise VetsetError(f"prefix_sharing {prefix_sharing!r}: use auto, on or off")
         if yesno_mode not in ("first_token", "compare"):
             raise VetsetError(f"yesno_mode {yesno_mode!r}: use first_token or compare")
-        self.path = require_local(model)
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
-        try:
-            self.processor = AutoProcessor.from_pretrained(self.path, trust_remote_code=trust_remote_code,
-                                                           local_files_only=True)
-            self.model = AutoModelForImageTextToText.from_pretrained(
-                self.path, dtype=self.dtype, trust_remote_code=trust_remote_code, local_files_only=True)
-        except (ValueError, OSError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise VetsetError(f"model {model}: cannot load it as an image-text-to-text model ({first}); "
-                              f"custom code needs trust_remote_code=True") from None
+        if isinstance(model, tuple):  # (model, processor, name) already in memory (benchmarks)
+            self.model, self.processor, model = model
+            self.path = None
+        else:
+            self.path = require_local(model)
+            try:
+                self.processor = AutoProcessor.from_pretrained(self.path, trust_remote_code=trust_remote_code,
+                                                               local_files_only=True)
+                self.model = AutoModelForImageTextToText.from_pretrained(
+                    self.path, dtype=self.dtype, trust_remote_code=trust_remote_code, local_files_only=True)
+            except (ValueError, OSError, KeyError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise VetsetError(f"model {model}: cannot load it as an image-text-to-text model ({first}); "
+                                  f"custom code needs trust_remote_code=True") from None
         self.model.to(self.device).eval()
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "left"
@@ -205,7 +209,8 @@ class VLMBackend:
         self._plans: dict = {}
         self.stats = {"prefix_forwards": 0, "suffix_forwards": 0, "decode_steps": 0, "generate_calls": 0}
         self.torch = torch
-        self.model_key = (f"{model}|{model_fingerprint(self.path)}|yn={yesno_mode}:{self.yesno_max_new_tokens}"
+        fp = model_fingerprint(self.path) if self.path else "in-memory"
+        self.model_key = (f"{model}|{fp}|yn={yesno_mode}:{self.yesno_max_new_tokens}"
                           f"|desc={self.describe_max_new_tokens}")
 
     # ------------------------------------------------------------------ prompts
