@@ -34,3 +34,19 @@ class AuditParams(BaseModel):
         if unknown:
             raise ValueError(f"unknown detector(s) {', '.join(unknown)}; known: {', '.join(DETECTORS.names())}")
         return value
+
+
+class TrainParams(BaseModel):
+    data: str = Field(description="training dataset (any source `vetset audit` reads)")
+    out: str = Field(description="model directory to write (model.safetensors, config.json, metrics.json)")
+    test: str | None = None
+    model: str = "auto"
+    preset: str = "auto"
+    defense: str = "none"
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    device: str = "auto"
+    seed: int = 0
+    trigger: str | None = Field(None, description="trigger.json of a simulated attack, for ASR / RA")
+    tta_flip: bool = False
