@@ -1,0 +1,121 @@
+"""`vetset audit` and `vetset demo`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import VetsetError
+
+from ..cli import COMMANDS, Command
+from .common import build_params, parse_value, print_table
+
+
+def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``--set abl.epochs=5`` -> {"abl": {"epochs": 5}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        det, dot, opt = key.partition(".")
+        if not sep or not dot or not det or not opt:
+            raise VetsetError(f"--set {item!r}: expected DETECTOR.OPTION=VALUE, e.g. abl.epochs=5")
+        out.setdefault(det, {})[opt] = parse_value(value)
+    return out
+
+
+def _check_detector_options(detectors: list[str], options: dict[str, dict]) -> None:
+    from cleansers.base import DETECTORS
+
+    for det, opts in options.items():
+        if det not in detectors:
+            raise VetsetError(f"--set names detector {det!r}, which is not among --detectors {','.join(detectors)}")
+        fields = DETECTORS.get(det).Config.__dataclass_fields__
+        for opt in opts:
+            if opt not in fields:
+                raise VetsetError(f"--set {det}.{opt}: unknown option; {det} takes {', '.join(fields)}")
+
+
+def _print_metrics(metrics: dict | None) -> None:
+    from pipelines.report import METRIC_HEADER, metrics_rows
+
+    print_table(METRIC_HEADER, metrics_rows(metrics))
+
+
+def run_audit_cli(params) -> Any:
+    """Validate the inputs (nothing is written when they are bad), run the flow, print where
+    the results are."""
+    from cleansers.audit import read_truth
+
+    from pipelines.loaders import validate_source
+
+    from .. import logging_quiet
+    from ..audit import audit_flow, load_options
+
+    validate_source(params.data, load_options(params))
+    if params.truth:
+        read_truth(params.truth)
+    logging_quiet.install()
+    summary = audit_flow(params)
+    print(f"rows: {summary.rows}  flagged: {summary.flagged}  unreadable: {summary.unreadable}")
+    _print_metrics(summary.metrics)
+    print(f"scores:  {Path(summary.run_dir) / 'scores.parquet'}")
+    print(f"flagged: {Path(summary.run_dir) / 'flagged.parquet'}")
+    print(f"report:  {Path(summary.run_dir) / 'report.html'}")
+    return summary
+
+
+def audit_params(args: argparse.Namespace) -> Any:
+    from ..params import AuditParams
+
+    detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
+    params = build_params(AuditParams, data=args.data, truth=args.truth, detectors=detectors,
+                          detector_options=parse_sets(args.set or []), out=args.out, device=args.device,
+                          seed=args.seed, min_votes=args.min_votes, expected_dirty_rate=args.expected_dirty_rate)
+    _check_detector_options(params.detectors, params.detector_options)
+    return params
+
+
+def add_detector_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--detectors", default="abl", help="comma-separated detector names (default: abl)")
+    sp.add_argument("--set", action="append", metavar="DET.OPT=VALUE", help="detector option, repeatable")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--min-votes", type=int, default=1, help="detectors that must fire to flag a row")
+    sp.add_argument("--expected-dirty-rate", type=float, default=0.1)
+
+
+def _audit_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--data", required=True, help="dataset path, cached hub name, or embedded:digits")
+    sp.add_argument("--truth", help="truth.parquet of a simulated dataset (for metrics)")
+    add_detector_arguments(sp)
+    sp.add_argument("--out", help="run directory (default runs/<run_id>)")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    run_audit_cli(audit_params(args))
+    return 0
+
+
+def _demo_arguments(sp: argparse.ArgumentParser) -> None:
+    add_detector_arguments(sp)
+    sp.add_argument("--out", default="runs/demo", help="where the dirty data and the audit go (default runs/demo)")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.embedded import demo_spec, write_demo_dataset
+
+    out = Path(args.out)
+    spec = demo_spec()
+    print(f"demo: scikit-learn digits (1,797 images, 32x32 RGB) with BadNets {spec.poison_rate:.0%} -> class "
+          f"{spec.target} and {spec.noise_rate:.0%} {spec.noise} label noise")
+    files = write_demo_dataset(out / "input")
+    print(f"dirty dataset: {files['data']}  truth: {files['truth']}")
+    args.data, args.truth, args.out = str(files["data"]), str(files["truth"]), str(out / "audit")
+    run_audit_cli(audit_params(args))
+    return 0
+
+
+COMMANDS.register("audit")(Command("audit", "score every row, write scores/flagged Parquet and a report",
+                                   _audit_arguments, cmd_audit))
+COMMANDS.register("demo")(Command("demo", "audit the embedded default (digits with simulated dirt)",
+                                  _demo_arguments, cmd_demo))
