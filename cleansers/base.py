@@ -49,6 +49,9 @@ class AuditContext:
     # results of the detectors that already ran in this audit, by name (row order = the
     # dataset's); a cascade detector such as VDC reads them to pick the rows worth its cost
     results: dict[str, "DetectorResult"] = field(default_factory=dict)
+    # the positions (in the full dataset) of the rows the running detector was given:
+    # run_detector hides unreadable rows, so results[...][rows] lines up with its input
+    rows: np.ndarray | None = None
 
 
 class Detector:

@@ -20,6 +20,7 @@ def build_detector(name: str, options: dict[str, Any] | None = None):
 def run_detector(name: str, ds: ImageDataset, ctx: AuditContext, options: dict[str, Any] | None = None) -> DetectorResult:
     detector = build_detector(name, options)
     readable = np.flatnonzero(~ds.unreadable)
+    ctx.rows = readable
     start = time.perf_counter()
     inner = detector.score(ds.subset(readable) if len(readable) < len(ds) else ds, ctx)
     seconds = time.perf_counter() - start

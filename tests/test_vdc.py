@@ -159,8 +159,11 @@ def test_cascade_selection():
         select_rows(6, prior, "abl", top_k=1)
     with pytest.raises(VetsetError, match="needs cascade_top_k"):
         select_rows(6, prior, "cheap")
-    # the earlier result covers unreadable rows (NaN, unflagged) that VDC does not see
-    assert np.flatnonzero(select_rows(5, prior, "cheap", top_k=1)).tolist() == [0]
+    # the earlier result covers every row; VDC sees only the readable ones (AuditContext.rows)
+    rows = np.array([1, 2, 4, 5])  # row 0 and row 3 unreadable
+    assert np.flatnonzero(select_rows(4, prior, "cheap", top_k=1, rows=rows)).tolist() == [2]  # row 4: 0.7
+    with pytest.raises(VetsetError, match="cannot line them up"):
+        select_rows(5, prior, "cheap", top_k=1)
 
 
 # ------------------------------------------------------------------ backends

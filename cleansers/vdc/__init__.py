@@ -78,7 +78,7 @@ class VDCDetector(Detector):
         n = len(data)
         selected = select_rows(n, ctx.results, cfg.cascade_from, top_k=cfg.cascade_top_k,
                                fraction=cfg.cascade_fraction, band=cfg.cascade_band,
-                               include_flagged=cfg.cascade_include_flagged)
+                               include_flagged=cfg.cascade_include_flagged, rows=ctx.rows)
         rows = np.flatnonzero(selected)
         device = cfg.device if cfg.device != "auto" else (ctx.device or "auto")
 

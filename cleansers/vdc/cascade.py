@@ -17,24 +17,21 @@ import numpy as np
 from pipelines.errors import VetsetError
 
 
-def _aligned_scores(prior, n: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _aligned_scores(prior, n: int, name: str, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The earlier detector's scores for the rows VDC was given. Results in the context span
+    the whole dataset; ``rows`` (AuditContext.rows) says which of them VDC sees."""
     score, flag = np.asarray(prior.score, dtype=np.float64), np.asarray(prior.flag, dtype=bool)
+    if rows is not None and len(rows) == n and len(score) >= n:
+        return score[rows], flag[rows]
     if len(score) == n:
         return score, flag
-    # run_detector hides unreadable rows from detectors: the earlier result has them (NaN,
-    # not flagged), this detector's data does not
-    extra = len(score) - n
-    nan = np.isnan(score) & ~flag
-    if extra > 0 and int(nan.sum()) == extra:
-        keep = ~nan
-        return score[keep], flag[keep]
     raise VetsetError(f"vdc cascade_from={name}: its result has {len(score)} rows and VDC got {n}; "
                       f"cannot line them up")
 
 
 def select_rows(n: int, results: dict, source: str | None, *, top_k: int | None = None,
                 fraction: float | None = None, band: tuple[float, float] | list | None = None,
-                include_flagged: bool = False) -> np.ndarray:
+                include_flagged: bool = False, rows: np.ndarray | None = None) -> np.ndarray:
     """Boolean mask of the rows to ask VDC about (all rows when ``source`` is None)."""
     if not source:
         return np.ones(n, dtype=bool)
@@ -45,7 +42,7 @@ def select_rows(n: int, results: dict, source: str | None, *, top_k: int | None 
     if top_k is None and fraction is None and band is None and not include_flagged:
         raise VetsetError("vdc cascade_from needs cascade_top_k, cascade_fraction, cascade_band or "
                           "cascade_include_flagged")
-    score, flag = _aligned_scores(results[source], n, source)
+    score, flag = _aligned_scores(results[source], n, source, rows)
     valid = ~np.isnan(score)
     order = np.argsort(-np.where(valid, score, -np.inf), kind="stable")
     n_valid = int(valid.sum())
