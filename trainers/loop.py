@@ -147,6 +147,17 @@ class TrainHooks:
         augmentation (not to the extra rows).
     ascent: True, or epoch -> bool: negate the loss (gradient ascent, for unlearning).
     on_epoch_end(epoch, model) -> bool: called after each epoch; True stops training.
+    on_epoch_start(epoch, model): called after the model is put in train mode at the start of
+        each epoch (e.g. to keep BatchNorm statistics frozen with ``model.eval()``).
+    extra_loss(model, x, labels, logits, batch_idx) -> scalar | None: added to the objective
+        (before ascent); ``x``/``labels``/``logits`` hold the main and extra rows. For terms that
+        need their own forward passes (an adversarial example found by PGD, a frozen reference).
+    after_backward(model, recompute): called after ``loss.backward()`` and before the optimizer
+        step; ``recompute()`` runs the same batch forward again (hooks included) and returns the
+        new objective, not yet backpropagated. For second gradient passes (SAM, gradient-norm
+        penalties): perturb the weights, ``recompute().backward()``, restore, set ``.grad``.
+    after_step(model): called after each optimizer step (e.g. re-apply a pruning mask, clamp
+        mask parameters into [0, 1]).
     """
 
     loss_fn: Callable[..., torch.Tensor] | None = None
@@ -154,6 +165,10 @@ class TrainHooks:
     transform: Callable[..., torch.Tensor] | None = None
     ascent: bool | Callable[[int], bool] = False
     on_epoch_end: Callable[[int, nn.Module], Any] | None = None
+    on_epoch_start: Callable[[int, nn.Module], Any] | None = None
+    extra_loss: Callable[..., torch.Tensor | None] | None = None
+    after_backward: Callable[[nn.Module, Callable[[], torch.Tensor]], Any] | None = None
+    after_step: Callable[[nn.Module], Any] | None = None
 
     def ascending(self, epoch: int) -> bool:
         return bool(self.ascent(epoch)) if callable(self.ascent) else bool(self.ascent)
@@ -358,6 +373,8 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
         t0 = time.perf_counter()
         train_model.train()
         ascent = hooks.ascending(epoch)
+        if hooks.on_epoch_start is not None:
+            hooks.on_epoch_start(epoch, model)
         perm = torch.randperm(n, generator=perm_gen)
         if world > 1:
             perm = perm[rank::world][:n_local]
@@ -384,22 +401,34 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
                     x = torch.cat([x, ex.to(x.dtype)])
                     y = torch.cat([yb, ey])
                     bidx = torch.cat([idx, torch.full((len(ey),), -1, device=device, dtype=idx.dtype)])
-            if amp_ctx is not None:
-                with amp_ctx():
+            def objective(x=x, y=y, bidx=bidx):
+                if amp_ctx is not None:
+                    with amp_ctx():
+                        logits = train_model(x)
+                else:
                     logits = train_model(x)
-            else:
-                logits = train_model(x)
-            logits = logits.float()
-            per = F.cross_entropy(logits, y, reduction="none", label_smoothing=cfg.label_smoothing)
-            loss = hooks.loss_fn(per, logits, y, bidx) if hooks.loss_fn is not None else per.mean()
-            if ascent:
-                loss = -loss
+                logits = logits.float()
+                per = F.cross_entropy(logits, y, reduction="none", label_smoothing=cfg.label_smoothing)
+                loss = hooks.loss_fn(per, logits, y, bidx) if hooks.loss_fn is not None else per.mean()
+                if hooks.extra_loss is not None:
+                    extra_term = hooks.extra_loss(model, x, y, logits, bidx)
+                    if extra_term is not None:
+                        loss = loss + extra_term
+                if ascent:
+                    loss = -loss
+                return loss, logits, per
+
+            loss, logits, per = objective()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if hooks.after_backward is not None:
+                hooks.after_backward(model, lambda: objective()[0])
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
+            if hooks.after_step is not None:
+                hooks.after_step(model)
             with torch.no_grad():
                 loss_sum += per[:n_main].detach().sum()
                 obj_sum += loss.detach() * n_main
