@@ -16,6 +16,13 @@ model is the wrapped one. Register one with::
 
 A wrapper module should keep the bare model as ``.inner`` (so detectors can still reach
 ``inner.net``) and set ``wrapper_name``.
+
+Architecture modifications (:data:`MODIFICATIONS`) describe a change to the built network
+that its weights need, e.g. NPD's polarizer layer inserted before ``net.layer4.1.conv1``.
+``config.json`` lists them as ``{"name", "params"}`` under ``modifications``; ``load_model``
+applies them in order right after building the architecture, before loading the weights.
+The post-training purification package (``trainers.purify``) registers its wrappers (STRIP)
+and modifications (NPD) when imported; ``load_model`` imports it when a name is unknown.
 """
 from __future__ import annotations
 
@@ -39,6 +46,22 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 WRAPPERS: Registry[Callable[..., nn.Module]] = Registry("model wrapper")
+# name -> fn(model: ImageClassifier, **params) -> None, changing the model in place
+MODIFICATIONS: Registry[Callable[..., None]] = Registry("architecture modification")
+
+
+def _load_plugins() -> None:
+    """Register the wrappers and modifications that live in other trainers packages."""
+    import trainers.purify  # noqa: F401  (registers strip, npd's polarizer)
+
+
+def apply_modifications(model: nn.Module, modifications: Sequence[dict] | None) -> nn.Module:
+    """Apply ``[{"name", "params"}, ...]`` (see :data:`MODIFICATIONS`) to ``model`` in place."""
+    for mod in modifications or []:
+        if mod["name"] not in MODIFICATIONS:
+            _load_plugins()
+        MODIFICATIONS.get(mod["name"])(model, **dict(mod.get("params") or {}))
+    return model
 
 
 class PermuteLogits(nn.Module):
@@ -110,17 +133,21 @@ def _wrapper_spec(wrapper: Any) -> dict | None:
 def save_model(model: nn.Module, dir: str | os.PathLike, *, arch: str, num_classes: int,
                class_names: Sequence[str] | None, input_size: Sequence[int],
                mean: Sequence[float], std: Sequence[float], wrapper: str | dict | None = None,
-               arch_kwargs: dict | None = None, extra: dict | None = None) -> Path:
+               arch_kwargs: dict | None = None, extra: dict | None = None,
+               modifications: Sequence[dict] | None = None) -> Path:
     """Write ``model.safetensors`` + ``config.json`` into ``dir`` (each atomically).
 
     ``model`` is the bare :class:`ImageClassifier` or, when ``wrapper`` is given, either
     that bare model (it gets wrapped here) or the already wrapped module. ``extra`` is free
-    JSON (training config, metrics...). Returns the folder.
+    JSON (training config, metrics...). ``modifications`` lists the architecture changes
+    already applied to ``model`` (see :data:`MODIFICATIONS`). Returns the folder.
     """
     from safetensors.torch import save_file
 
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
+    if wrapper is not None and (wrapper if isinstance(wrapper, str) else wrapper.get("name")) not in WRAPPERS:
+        _load_plugins()
     spec = _wrapper_spec(wrapper)
     if spec is not None and getattr(model, "wrapper_name", None) != spec["name"]:
         model = WRAPPERS.get(spec["name"])(model, **spec["params"])
@@ -138,6 +165,8 @@ def save_model(model: nn.Module, dir: str | os.PathLike, *, arch: str, num_class
         "mean": [float(m) for m in mean],
         "std": [float(s) for s in std],
         "wrapper": spec,
+        "modifications": [{"name": str(m["name"]), "params": dict(m.get("params") or {})}
+                          for m in (modifications or [])],
         "weights": WEIGHTS_FILE,
         "torch_version": torch.__version__,
         "extra": extra or {},
@@ -177,8 +206,11 @@ def load_model(dir: str | os.PathLike, *, device: str | torch.device = "cpu") ->
         raise VetsetError(f"weights file missing: {weights}")
     model: nn.Module = build_model(config["arch"], config["num_classes"], tuple(config["input_size"]),
                                    config["mean"], config["std"], **config.get("arch_kwargs", {}))
+    apply_modifications(model, config.get("modifications"))
     spec = config.get("wrapper")
     if spec:
+        if spec["name"] not in WRAPPERS:
+            _load_plugins()
         model = WRAPPERS.get(spec["name"])(model, **spec.get("params", {}))
     state = load_file(str(weights), device="cpu")
     try:
