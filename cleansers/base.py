@@ -59,6 +59,11 @@ class Detector:
     ``score``. Register with ``@DETECTORS.register("name")``."""
 
     name: ClassVar[str] = ""
+    # True when a row's score depends on that row alone (and the config), never on the other
+    # rows: such a detector can be cached per row (sample_id + content hash) and sharded
+    # fully. Model-based detectors (trained on the whole dataset) leave it False: they are
+    # cached per (dataset fingerprint, config) as a whole.
+    row_independent: ClassVar[bool] = False
 
     @dataclass
     class Config:
@@ -74,6 +79,30 @@ class Detector:
 
     def score(self, data: ImageDataset, ctx: AuditContext) -> DetectorResult:  # pragma: no cover
         raise NotImplementedError
+
+    # Sharded scoring: ``prepare`` once (train a model, load a backend...), then
+    # ``score_rows`` on shards (any order, any process), then ``finalize`` on all the scores.
+    # The defaults fall back to one ``score`` call whose result the shards slice; a detector
+    # overrides the three to shard its scoring phase for real.
+
+    def prepare(self, data: ImageDataset, ctx: AuditContext) -> Any:
+        """Work shared by every shard; the return value is handed to ``score_rows``/``finalize``.
+        Row-independent detectors must not let it depend on ``data``'s rows."""
+        return self.score(data, ctx)
+
+    def score_rows(self, data: ImageDataset, rows: np.ndarray, ctx: AuditContext, state: Any) -> np.ndarray:
+        """Scores (float per row, higher = dirtier) of the shard ``data``, whose rows sit at
+        positions ``rows`` of the dataset ``prepare`` saw."""
+        return np.asarray(state.score, dtype=np.float64)[np.asarray(rows)]
+
+    def finalize(self, data: ImageDataset, scores: np.ndarray, ctx: AuditContext, state: Any) -> DetectorResult:
+        """The result over the whole of ``data`` from all its rows' scores (flags need them all)."""
+        return state
+
+    @classmethod
+    def shards_for_real(cls) -> bool:
+        """Whether ``score_rows`` is overridden (else sharding only slices one ``score`` result)."""
+        return cls.score_rows is not Detector.score_rows
 
 
 DETECTORS: Registry[type[Detector]] = Registry("detector")

@@ -24,7 +24,21 @@ def run_detector(name: str, ds: ImageDataset, ctx: AuditContext, options: dict[s
     start = time.perf_counter()
     inner = detector.score(ds.subset(readable) if len(readable) < len(ds) else ds, ctx)
     seconds = time.perf_counter() - start
-    n = len(ds)
+    result = expand_result(name, len(ds), readable, inner, detector.config, seconds)
+    ctx.results[name] = result
+    return result
+
+
+def readable_rows(ds: ImageDataset) -> tuple[np.ndarray, ImageDataset]:
+    """The positions of the readable rows and the dataset a detector is shown (those rows)."""
+    readable = np.flatnonzero(~ds.unreadable)
+    return readable, (ds.subset(readable) if len(readable) < len(ds) else ds)
+
+
+def expand_result(name: str, n: int, readable: np.ndarray, inner: DetectorResult, config: Any,
+                  seconds: float) -> DetectorResult:
+    """A detector's result on the readable rows, spread back over all ``n`` rows (NaN score,
+    no flag where unreadable)."""
     score = np.full(n, np.nan)
     flag = np.zeros(n, dtype=bool)
     score[readable], flag[readable] = inner.score, inner.flag
@@ -32,10 +46,8 @@ def run_detector(name: str, ds: ImageDataset, ctx: AuditContext, options: dict[s
     if inner.suggested_label is not None:
         suggested = np.full(n, -1, dtype=np.int64)
         suggested[readable] = inner.suggested_label
-    info = dict(inner.info, seconds=seconds, config=_config_dict(detector.config))
-    result = DetectorResult(name, score, flag, suggested, info)
-    ctx.results[name] = result
-    return result
+    info = dict(inner.info, seconds=seconds, config=_config_dict(config))
+    return DetectorResult(name, score, flag, suggested, info)
 
 
 def _config_dict(cfg: Any) -> dict:

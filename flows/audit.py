@@ -1,5 +1,6 @@
-"""The Prefect audit flow: load -> score (one task per detector) -> fuse -> write -> report,
-plus a markdown summary artifact and a table artifact of the top flagged rows."""
+"""The Prefect audit flow: load -> score (per detector: one cached task, or shards on the task
+runner; see scoring.py) -> fuse -> write -> report, plus a markdown summary artifact, a table
+artifact of the top flagged rows, a progress artifact, and a ``vetset.audit.completed`` event."""
 from __future__ import annotations
 
 import time
@@ -8,19 +9,25 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.runtime import flow_run
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 import cleansers  # noqa: F401  (registers the detectors)
+import cleansers.pixel_stats  # noqa: F401  (outlier, also when cleansers/__init__ lacks it)
 from cleansers.audit import read_truth, write_outputs
 from cleansers.base import AuditContext, DetectorResult
 from cleansers.fusion import FusionConfig, fuse
-from cleansers.run import run_detector
 from pipelines.dataset import ImageDataset
 from pipelines.loaders import LoadOptions, load_dataset
 from pipelines.outputs import RunPaths, new_run_id
 from pipelines.report import METRIC_HEADER, metrics_rows, render_report, summary_rows
 
+from .caching import default_cache_dir
+from .events import audit_payload, emit_audit_completed
 from .params import AuditParams
+from .progress import StageProgress
+from .runners import LazyRunner, wants_gpu
+from .scoring import Scorer
 
 
 @dataclass
@@ -31,6 +38,7 @@ class AuditSummary:
     flagged: int
     unreadable: int
     metrics: dict | None
+    cache: dict | None = None  # per detector: rows reused / computed, shards
 
 
 def load_options(params: AuditParams) -> LoadOptions:
@@ -43,13 +51,6 @@ def load_task(params: AuditParams) -> ImageDataset:
     get_run_logger().info("loaded %d rows (%d unreadable, %d resized) from %s", len(ds), ds.stats.n_unreadable,
                           ds.stats.n_resized, params.data)
     return ds
-
-
-@task(name="score", task_run_name="score-{name}")
-def score_task(name: str, ds: ImageDataset, ctx: AuditContext, options: dict) -> DetectorResult:
-    result = run_detector(name, ds, ctx, options)
-    get_run_logger().info("%s flagged %d rows in %.1f s", name, int(result.flag.sum()), result.info["seconds"])
-    return result
 
 
 @task(name="fuse")
@@ -87,21 +88,44 @@ def _publish_artifacts(frame: pd.DataFrame, manifest: dict, metrics: dict | None
     create_table_artifact(table, key="vetset-top-flagged", description="top flagged rows")
 
 
+def _cache_summary(results: list[DetectorResult]) -> dict:
+    return {r.name: {k: r.info[k] for k in ("cache", "rows_reused", "rows_computed", "shards", "cache_note")
+                     if k in r.info} for r in results}
+
+
 @flow(name="audit", log_prints=True)
-def audit_flow(params: AuditParams) -> AuditSummary:
+def audit_flow(params: AuditParams = AuditParams()) -> AuditSummary:
+    logger = get_run_logger()
     start = time.perf_counter()
     ds = load_task(params)
     timings = {"load": time.perf_counter() - start}
     ctx = AuditContext(device=params.device, seed=params.seed, expected_dirty_rate=params.expected_dirty_rate)
+    cache_dir = Path(params.cache_dir) if params.cache_dir else default_cache_dir(params.runs_root)
     results = []
-    for name in params.detectors:  # sequential: detectors share the context's model cache
-        results.append(score_task(name, ds, ctx, params.detector_options.get(name, {})))
-        timings[f"score:{name}"] = results[-1].info["seconds"]
+    runner = LazyRunner(params.task_runner, workers=params.workers, dask_address=params.dask_address,
+                        gpu=wants_gpu(params.device))
+    with runner, StageProgress(len(ds) * len(params.detectors), description="scoring") as progress:
+        scorer = Scorer(params, ds, ctx, runner, progress, cache_dir)
+        for name in params.detectors:  # in order: detectors share the context (model cache, cascades)
+            t0 = time.perf_counter()
+            results.append(scorer.score(name))
+            timings[f"score:{name}"] = time.perf_counter() - t0
+            info = results[-1].info
+            logger.info("%s: %d flagged; %d rows reused from the cache, %d scored (%.1f s)", name,
+                        int(results[-1].flag.sum()), info.get("rows_reused", 0), info.get("rows_computed", 0),
+                        timings[f"score:{name}"])
     frame = fuse_task(ds, results, params.min_votes)
     run_id = new_run_id(ds)
     paths = RunPaths(Path(params.out) if params.out else Path(params.runs_root) / run_id)
-    manifest, metrics = write_task(ds, frame, results, paths, run_id, params.model_dump(), timings, params.truth)
+    config = dict(params.model_dump(), cache=_cache_summary(results))
+    manifest, metrics = write_task(ds, frame, results, paths, run_id, config, timings, params.truth)
     report_task(ds, frame, manifest, metrics, paths)
     _publish_artifacts(frame, manifest, metrics, paths)
-    return AuditSummary(str(paths.root), run_id, len(frame), int(frame["flagged"].sum()), int(ds.unreadable.sum()),
-                        metrics)
+    summary = AuditSummary(str(paths.root), run_id, len(frame), int(frame["flagged"].sum()), int(ds.unreadable.sum()),
+                           metrics, _cache_summary(results))
+    if params.emit_events:
+        payload = audit_payload(fingerprint=ds.fingerprint, rows=summary.rows, flagged=summary.flagged,
+                                run_dir=str(paths.root.resolve()), run_id=run_id, data=params.data,
+                                alert_fraction=params.alert_fraction)
+        emit_audit_completed(payload, flow_run.get_id())
+    return summary

@@ -1,14 +1,17 @@
 """Flow parameters as validated pydantic models, with defaults that work."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 
 class AuditParams(BaseModel):
-    data: str = Field(description="Parquet file/folder, saved HF dataset, image folder, cached hub name, or embedded:digits")
+    data: str = Field("embedded:digits",
+                      description="Parquet file/folder, saved HF dataset, image folder, cached hub name, or embedded:digits")
     truth: str | None = Field(None, description="truth.parquet of a simulated dataset, for metrics")
+    plugins: list[str] = Field(default_factory=list,
+                               description="modules to import first (they may register more detectors)")
     detectors: list[str] = Field(default_factory=lambda: ["abl"])
     detector_options: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                          description="per detector: option -> value")
@@ -21,6 +24,30 @@ class AuditParams(BaseModel):
     image_column: str | None = None
     label_column: str = "label"
     split: str = "train"
+    # caching, shards, scale-out (see docs/flows.md)
+    cache: bool = Field(True, description="reuse cached scores (per dataset+config, or per row)")
+    cache_dir: str | None = Field(None, description="score cache and shard store; default <runs_root>/.cache")
+    refresh_cache: bool = Field(False, description="recompute and overwrite cached scores")
+    shard_size: int = Field(1024, ge=1, description="rows per scoring shard")
+    shard_retries: int = Field(2, ge=0, description="retries of a failing shard before the run fails")
+    task_runner: Literal["thread", "dask"] = "thread"
+    dask_address: str | None = Field(None, description="scheduler address; none = a LocalCluster for the run")
+    workers: int | None = Field(None, ge=1, description="threads, or LocalCluster workers (default 2)")
+    alert_fraction: float | None = Field(0.2, gt=0, le=1,
+                                         description="flagged fraction at which the completion event says alert")
+    emit_events: bool = True
+
+    @field_validator("plugins")
+    @classmethod
+    def _import_plugins(cls, value: list[str]) -> list[str]:
+        import importlib
+
+        for module in value:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ValueError(f"plugin {module!r} cannot be imported: {exc}") from None
+        return value
 
     @field_validator("detectors")
     @classmethod
@@ -33,7 +60,15 @@ class AuditParams(BaseModel):
         unknown = [d for d in value if d not in DETECTORS]
         if unknown:
             raise ValueError(f"unknown detector(s) {', '.join(unknown)}; known: {', '.join(DETECTORS.names())}")
+        if len(set(value)) != len(value):
+            raise ValueError("a detector is named twice")
         return value
+
+    @model_validator(mode="after")
+    def _dask_address_needs_dask(self) -> "AuditParams":
+        if self.dask_address and self.task_runner != "dask":
+            raise ValueError("dask_address is given but task_runner is not dask")
+        return self
 
 
 class TrainParams(BaseModel):
@@ -50,3 +85,36 @@ class TrainParams(BaseModel):
     seed: int = 0
     trigger: str | None = Field(None, description="trigger.json of a simulated attack, for ASR / RA")
     tta_flip: bool = False
+    # defenses (trainers.defenses); curate-then-train's audit
+    defense_options: dict[str, Any] = Field(default_factory=dict, description="options of the defense's Config")
+    scores: str | None = Field(None, description="curate: an audit's scores.parquet (else the audit runs first)")
+    detectors: list[str] = Field(default_factory=lambda: ["abl", "agpd"],
+                                 description="curate: the detectors of the audit run before training")
+    detector_options: dict[str, dict[str, Any]] = Field(default_factory=dict,
+                                                         description="curate: per detector: option -> value")
+    expected_dirty_rate: float = Field(0.1, gt=0, lt=1)
+    relabel: bool = Field(False, description="curate: relabel flagged rows with a confident suggestion, not drop")
+    min_confidence: float = Field(0.0, ge=0, le=1, description="curate: least suggested_confidence to relabel")
+    baseline_metrics: str | None = Field(None, description="an undefended run's metrics.json, for DER")
+
+    @field_validator("defense")
+    @classmethod
+    def _known_defense(cls, value: str) -> str:
+        from trainers.defenses import DEFENSES
+
+        if value not in DEFENSES:
+            raise ValueError(f"unknown defense {value!r}; available: {', '.join(DEFENSES.names())}")
+        return value
+
+    @field_validator("detectors")
+    @classmethod
+    def _known_detectors(cls, value: list[str]) -> list[str]:
+        import cleansers  # noqa: F401  (registers the detectors)
+        from cleansers.base import DETECTORS
+
+        if not value:
+            raise ValueError("at least one detector is needed")
+        unknown = [d for d in value if d not in DETECTORS]
+        if unknown:
+            raise ValueError(f"unknown detector(s) {', '.join(unknown)}; known: {', '.join(DETECTORS.names())}")
+        return value

@@ -57,6 +57,9 @@ def run_audit_cli(params) -> Any:
     logging_quiet.install()
     summary = audit_flow(params)
     print(f"rows: {summary.rows}  flagged: {summary.flagged}  unreadable: {summary.unreadable}")
+    for name, c in (summary.cache or {}).items():
+        print(f"{name}: {c.get('rows_reused', 0)} rows reused from the cache, {c.get('rows_computed', 0)} scored"
+              + (f" in {c['shards']} shard(s)" if c.get("shards") else ""))
     _print_metrics(summary.metrics)
     print(f"scores:  {Path(summary.run_dir) / 'scores.parquet'}")
     print(f"flagged: {Path(summary.run_dir) / 'flagged.parquet'}")
@@ -70,9 +73,39 @@ def audit_params(args: argparse.Namespace) -> Any:
     detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
     params = build_params(AuditParams, data=args.data, truth=args.truth, detectors=detectors,
                           detector_options=parse_sets(args.set or []), out=args.out, device=args.device,
-                          seed=args.seed, min_votes=args.min_votes, expected_dirty_rate=args.expected_dirty_rate)
+                          seed=args.seed, min_votes=args.min_votes, expected_dirty_rate=args.expected_dirty_rate,
+                          **run_options(args))
     _check_detector_options(params.detectors, params.detector_options)
     return params
+
+
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The caching / sharding / scale-out / event options, as AuditParams fields."""
+    out = {k: getattr(args, k) for k in ("plugins", "cache_dir", "shard_size", "shard_retries", "task_runner",
+                                         "dask_address", "workers", "alert_fraction")
+           if getattr(args, k, None) is not None}
+    out["cache"] = not args.no_cache
+    out["refresh_cache"] = args.refresh_cache
+    if args.dask_address and "task_runner" not in out:
+        out["task_runner"] = "dask"
+    return out
+
+
+def add_run_arguments(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("caching, shards and scale-out")
+    g.add_argument("--plugin", dest="plugins", action="append", metavar="MODULE",
+                   help="import a module first (it may register more detectors); repeatable")
+    g.add_argument("--cache-dir", help="score cache and shard store (default runs/.cache)")
+    g.add_argument("--no-cache", action="store_true", help="do not reuse cached scores")
+    g.add_argument("--refresh-cache", action="store_true", help="recompute cached scores and overwrite them")
+    g.add_argument("--shard-size", type=int, help="rows per scoring shard (default 1024)")
+    g.add_argument("--shard-retries", type=int, help="retries of a failing shard (default 2)")
+    g.add_argument("--task-runner", choices=["thread", "dask"], help="where shards run (default thread)")
+    g.add_argument("--dask-address", help="Dask scheduler address (implies --task-runner dask); "
+                                          "without it, dask starts a LocalCluster")
+    g.add_argument("--workers", type=int, help="threads, or LocalCluster workers (default 2)")
+    g.add_argument("--alert-fraction", type=float,
+                   help="flagged fraction at which the completion event raises vetset.alert (default 0.2)")
 
 
 def add_detector_arguments(sp: argparse.ArgumentParser) -> None:
@@ -82,6 +115,7 @@ def add_detector_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--min-votes", type=int, default=1, help="detectors that must fire to flag a row")
     sp.add_argument("--expected-dirty-rate", type=float, default=0.1)
+    add_run_arguments(sp)
 
 
 def _audit_arguments(sp: argparse.ArgumentParser) -> None:
