@@ -1,0 +1,202 @@
+"""What the purification methods share: the clean arrays, a TrainConfig for fine-tuning,
+frozen copies, BatchNorm freezing, PGD on inputs and the second-gradient-pass hooks (ASAM,
+gradient-norm penalty) for :class:`trainers.loop.TrainHooks.after_backward`."""
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipelines.dataset import ImageDataset
+from pipelines.errors import VetsetError
+
+from ..augment import AugmentConfig
+from ..loop import TrainConfig, _batches, predict_logits
+
+Log = Callable[[str], Any] | None
+
+
+def clean_arrays(clean: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Readable rows of the clean set as (uint8 NHWC images, int64 labels)."""
+    keep = ~clean.unreadable
+    images, labels = clean.images[keep], clean.labels[keep]
+    if len(images) == 0:
+        raise VetsetError("the clean set has no readable rows")
+    return images, labels
+
+
+def fine_tune_config(*, epochs: int, batch_size: int, lr: float, device: Any, seed: int,
+                     optimizer: str = "sgd", schedule: str = "cosine", weight_decay: float = 5e-4,
+                     momentum: float = 0.9, label_smoothing: float = 0.0, augment: bool = True,
+                     n_rows: int | None = None) -> TrainConfig:
+    """BackdoorBench-style fine-tuning: SGD momentum 0.9, wd 5e-4, cosine, crop + flip.
+    The batch is capped at the clean set's size (few-shot sets)."""
+    if n_rows is not None:
+        batch_size = max(2, min(int(batch_size), int(n_rows)))
+    return TrainConfig(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), momentum=momentum,
+                       weight_decay=weight_decay, nesterov=False, optimizer=optimizer, schedule=schedule,
+                       label_smoothing=label_smoothing,
+                       augment=AugmentConfig() if augment else AugmentConfig(crop=False, flip=False),
+                       device=str(device), seed=int(seed))
+
+
+def epochs_for_steps(steps: int, n_rows: int, batch_size: int) -> int:
+    """Epochs that give at least ``steps`` optimizer steps on ``n_rows`` rows."""
+    per_epoch = max(1, len(_batches(int(n_rows), int(batch_size))))
+    return max(1, math.ceil(int(steps) / per_epoch))
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy in eval mode with no trainable parameters (SAU's reference model)."""
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Put every BatchNorm in eval mode (running statistics frozen); call after model.train()."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily put every module in eval mode, restoring each module's flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@contextmanager
+def requires_grad_only(model: nn.Module, params: list[nn.Parameter]) -> Iterator[None]:
+    """Train only ``params``; restore every parameter's requires_grad afterwards."""
+    before = [(p, p.requires_grad) for p in model.parameters()]
+    keep = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    try:
+        yield
+    finally:
+        for p, flag in before:
+            p.requires_grad_(flag)
+
+
+def autocast_for(x: torch.Tensor):
+    """bf16 autocast on CUDA (as the loop does), nothing on the CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda)
+
+
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with autocast_for(x):
+        return model(x).float()
+
+
+def clean_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, device: Any = None) -> float:
+    pred = predict_logits(model, images, 512, device=device).argmax(1)
+    return float((pred == labels).mean()) if len(labels) else float("nan")
+
+
+def pgd(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, eps: float, step: float,
+        steps: int, norm: str = "linf", random_start: bool = False,
+        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Projected gradient ASCENT on ``objective(x_adv)`` (a scalar) within the ``norm`` ball
+    of radius ``eps`` around ``x``, pixels kept in [0, 1]. Uses ``torch.autograd.grad`` on the
+    input only, so model parameters' ``.grad`` are untouched. Returns the detached x_adv."""
+    x = x.detach()
+    if random_start and norm == "linf":
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) if generator is not None \
+            else torch.rand_like(x)
+        delta = (noise * 2 - 1) * eps
+    else:
+        delta = torch.zeros_like(x)
+    for _ in range(int(steps)):
+        delta.requires_grad_(True)
+        value = objective((x + delta).clamp(0, 1))
+        (grad,) = torch.autograd.grad(value, delta)
+        with torch.no_grad():
+            if norm == "linf":
+                delta = (delta + step * grad.sign()).clamp(-eps, eps)
+            elif norm == "l2":
+                g = grad.flatten(1)
+                g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                delta = delta + step * g.view_as(delta)
+                d = delta.flatten(1)
+                factor = (eps / d.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+                delta = (d * factor).view_as(delta)
+            else:
+                raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+            delta = (x + delta).clamp(0, 1) - x
+    return (x + delta).detach()
+
+
+def _with_grad(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+
+
+def asam_hook(rho: float, eta: float = 0.01) -> Callable[[nn.Module, Callable[[], torch.Tensor]], None]:
+    """Adaptive SAM (Kwon et al. 2021) as an ``after_backward`` hook: with T_w = |w| + eta,
+    eps = rho T_w^2 g / ||T_w g||; the gradient taken at w + eps replaces g (FT-SAM,
+    specs/defenses.md: eps = rho w^2 g / || |w| g ||, rho 2.0)."""
+
+    def hook(model: nn.Module, recompute: Callable[[], torch.Tensor]) -> None:
+        params = _with_grad(model)
+        if not params:
+            return
+        with torch.no_grad():
+            tw = [p.abs() + eta for p in params]
+            scaled = [t * p.grad for t, p in zip(tw, params)]
+            norm = torch.norm(torch.stack([s.norm() for s in scaled])).clamp_min(1e-12)
+            eps = [rho * t * s / norm for t, s in zip(tw, scaled)]
+            for p, e in zip(params, eps):
+                p.add_(e)
+                p.grad = None
+        recompute().backward()
+        with torch.no_grad():
+            for p, e in zip(params, eps):
+                p.sub_(e)
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+
+    return hook
+
+
+def gradient_norm_hook(r: float, alpha: float) -> Callable[[nn.Module, Callable[[], torch.Tensor]], None]:
+    """TSBD's gradient-norm penalty as an ``after_backward`` hook: g1 at w, g2 at
+    w + r g1 / ||g1||; the update uses (1 - alpha) g1 + alpha g2."""
+
+    def hook(model: nn.Module, recompute: Callable[[], torch.Tensor]) -> None:
+        params = _with_grad(model)
+        if not params:
+            return
+        with torch.no_grad():
+            g1 = [p.grad.detach().clone() for p in params]
+            norm = torch.norm(torch.stack([g.norm() for g in g1])).clamp_min(1e-12)
+            eps = [r * g / norm for g in g1]
+            for p, e in zip(params, eps):
+                p.add_(e)
+                p.grad = None
+        recompute().backward()
+        with torch.no_grad():
+            for p, e, g in zip(params, eps, g1):
+                p.sub_(e)
+                g2 = p.grad if p.grad is not None else torch.zeros_like(p)
+                p.grad = (1 - alpha) * g + alpha * g2
+
+    return hook
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    logp = F.log_softmax(logits.float(), dim=1)
+    return -(logp.exp() * logp).sum(1)

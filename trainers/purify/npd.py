@@ -1,0 +1,129 @@
+"""NPD, the neural polarizer (Zhu et al., NeurIPS 2023): freeze the network, insert a
+learnable 1x1 conv + BatchNorm in front of one layer and train only it to filter the trigger
+features out, with targeted adversarial examples standing in for the unknown trigger.
+
+The inserted layer is recorded as the ``insert_polarizer`` modification (see
+:mod:`trainers.purify.layers`), so the saved model rebuilds it. The polarizer starts as the
+identity: its BatchNorm is set to the clean features' statistics, with an affine transform
+that undoes them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..loop import TrainHooks, fit
+from .base import register
+from .common import clean_arrays, eval_mode, fine_tune_config, logits_of, pgd
+from .layers import default_polarizer_path, insert_polarizer, polarizer_of
+
+
+@dataclass
+class NPDConfig:
+    """specs/defenses.md: insert before ``layer4.1.conv1`` (``layer``: None = that, or the
+    last 3x3 conv for other nets); 5 warm-up epochs of CE at lr 1e-4, then 50 epochs SGD lr
+    0.01, cosine, batch 128; per batch a targeted L2 attack (radius 3.0, 2 steps) toward the
+    most likely wrong class; loss = CE(x, y) + 0.4 CE(x_adv, clean prediction)
+    + 0.4 [-log(1 - p_adv(top wrong))] + 0.4 [-log(1 - p_adv(attack target))]."""
+
+    layer: str | None = None
+    warmup_epochs: int = 5
+    warmup_lr: float = 1e-4
+    epochs: int = 50
+    lr: float = 0.01
+    batch_size: int = 128
+    radius: float = 3.0
+    attack_steps: int = 2
+    weight: float = 0.4
+    augment: bool = True
+
+
+@torch.no_grad()
+def _init_identity(model, path: str, images, device, batch: int = 256) -> None:
+    """Set the polarizer's BN to the clean inputs' channel statistics so the block is the
+    identity at the start (in train and eval mode alike)."""
+    pol = polarizer_of(model, path)
+    feats = []
+    handle = pol.register_forward_pre_hook(lambda _m, inp: feats.append(inp[0].float().mean((2, 3))))
+    sq = []
+    handle2 = pol.register_forward_pre_hook(lambda _m, inp: sq.append((inp[0].float() ** 2).mean((2, 3))))
+    try:
+        with eval_mode(model):
+            model.to(device)
+            for s in range(0, min(len(images), 2048), batch):
+                x = torch.from_numpy(images[s:s + batch]).to(device).permute(0, 3, 1, 2).float() / 255
+                model(x)
+    finally:
+        handle.remove()
+        handle2.remove()
+    mean = torch.cat(feats).mean(0)
+    var = (torch.cat(sq).mean(0) - mean ** 2).clamp_min(1e-6)
+    bn = pol.bn
+    bn.running_mean.copy_(mean)
+    bn.running_var.copy_(var)
+    bn.weight.copy_(torch.sqrt(var + bn.eps))
+    bn.bias.copy_(mean)
+
+
+@register("npd", NPDConfig, "neural polarizer: a learned 1x1 conv + BN filter in a frozen network")
+def purify_npd(model, clean, cfg: NPDConfig, *, device, seed, log):
+    images, labels = clean_arrays(clean)
+    path = cfg.layer or default_polarizer_path(model)
+    conv = model.get_submodule(path)
+    channels = getattr(conv, "in_channels", None)
+    if channels is None:
+        raise ValueError(f"NPD: {path} is not a convolution")
+    insert_polarizer(model, path, channels)
+    model.to(device)
+    _init_identity(model, path, images, device)
+    pol = polarizer_of(model, path)
+    train_params = list(pol.parameters())
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in train_params:
+        p.requires_grad_(True)
+
+    def only_polarizer_trains(epoch, m) -> None:
+        m.eval()
+        pol.train()
+
+    def extra_loss(m, x, y, logits, bidx):
+        with torch.no_grad(), eval_mode(m):
+            clean_out = logits_of(m, x)
+        clean_pred = clean_out.argmax(1)
+        wrong = clean_out.scatter(1, y[:, None], float("-inf"))
+        target = wrong.argmax(1)  # the most likely wrong class
+
+        def objective(x_adv):  # ascend -CE(target): a targeted attack
+            with eval_mode(m):
+                return -F.cross_entropy(logits_of(m, x_adv), target)
+
+        x_adv = pgd(objective, x, eps=cfg.radius, step=cfg.radius / max(1, cfg.attack_steps) * 1.25,
+                    steps=cfg.attack_steps, norm="l2")
+        adv_out = logits_of(m, x_adv)
+        p_adv = F.softmax(adv_out, dim=1)
+        top_wrong = adv_out.scatter(1, y[:, None], float("-inf")).argmax(1)
+        log1m = lambda p: -torch.log((1 - p).clamp_min(1e-6))  # noqa: E731
+        return cfg.weight * (F.cross_entropy(adv_out, clean_pred)
+                             + log1m(p_adv.gather(1, top_wrong[:, None]).squeeze(1)).mean()
+                             + log1m(p_adv.gather(1, target[:, None]).squeeze(1)).mean())
+
+    try:
+        if cfg.warmup_epochs > 0:
+            tc = fine_tune_config(epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, lr=cfg.warmup_lr,
+                                  device=device, seed=seed, schedule="constant", augment=cfg.augment,
+                                  n_rows=len(images))
+            model = fit(model, images, labels, tc, TrainHooks(on_epoch_start=only_polarizer_trains)).model
+        if cfg.epochs > 0:
+            tc = fine_tune_config(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, device=device,
+                                  seed=seed + 1, augment=cfg.augment, n_rows=len(images))
+            model = fit(model, images, labels, tc,
+                        TrainHooks(on_epoch_start=only_polarizer_trains, extra_loss=extra_loss)).model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    mod = {"name": "insert_polarizer", "params": {"path": path, "channels": int(channels)}}
+    return model, {"modifications": [mod], "polarizer_at": path}

@@ -1,0 +1,221 @@
+"""Load a user's model, purify it, evaluate before and after, save: the core of the
+``purify`` flow (flows/purify.py) and of benchmarks/purify.py, without Prefect."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipelines.atomic import atomic_write_json, atomic_write_text
+from pipelines.dataset import ImageDataset
+from pipelines.errors import VetsetError
+
+from ..evaluate import der, evaluate, load_trigger, resolve_trigger
+from ..models import CIFAR10_MEAN, CIFAR10_STD, ImageClassifier, build_model
+from ..saved import load_model, read_config, save_model
+from .base import PURIFIERS, make_config, purify
+from .strip import StripWrapper, to_nchw
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+
+
+def _read_state_dict(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # not a torch file, or pickled code that weights_only refuses
+            raise VetsetError(f"{path}: not a loadable state dict ({type(exc).__name__})") from None
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise VetsetError(f"{path}: no tensors found")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def load_user_model(model_dir: str | os.PathLike | None = None, *, arch: str | None = None,
+                    state_dict: str | os.PathLike | None = None, num_classes: int | None = None,
+                    input_size=(32, 32), class_names=None) -> tuple[ImageClassifier, dict]:
+    """A bare :class:`ImageClassifier` and what saving it again needs (``meta``): from a vetset
+    model directory, or from ``arch`` + a state dict (.safetensors, or a torch file read with
+    ``weights_only=True``) that fits it: either the whole classifier (``norm.*`` + ``net.*``)
+    or the bare network (then CIFAR-10 normalisation is assumed)."""
+    if model_dir is not None:
+        path = Path(model_dir)
+        if not path.is_dir():
+            raise VetsetError(f"model directory not found: {path}")
+        config = read_config(path)
+        if config.get("wrapper"):
+            raise VetsetError(f"{path} is wrapped ({config['wrapper']['name']}); purify its bare model instead")
+        model = load_model(path)
+        meta = {k: config.get(k) for k in ("arch", "arch_kwargs", "num_classes", "class_names", "input_size",
+                                          "mean", "std", "modifications")}
+        meta["modifications"] = meta["modifications"] or []
+        meta["arch_kwargs"] = meta["arch_kwargs"] or {}
+        return model, meta
+    if arch is None or state_dict is None:
+        raise VetsetError("give a model directory, or --arch together with --state-dict")
+    path = Path(state_dict)
+    if not path.is_file():
+        raise VetsetError(f"state dict not found: {path}")
+    state = _read_state_dict(path)
+    full = any(k.startswith("norm.") for k in state)
+    if not full:
+        state = {(k[len("net."):] if k.startswith("net.") else k): v for k, v in state.items()}
+    mean = state["norm.mean"].flatten().tolist() if full else list(CIFAR10_MEAN)
+    std = state["norm.std"].flatten().tolist() if full else list(CIFAR10_STD)
+    if num_classes is None:
+        raise VetsetError("the number of classes is needed to build the architecture")
+    model = build_model(arch, int(num_classes), tuple(input_size), mean, std)
+    target = model if full else model.net
+    try:
+        target.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise VetsetError(f"{path} does not fit {arch} with {num_classes} classes: {str(exc).splitlines()[0]}") from None
+    meta = {"arch": arch, "arch_kwargs": {}, "num_classes": int(num_classes), "class_names": class_names,
+            "input_size": [int(input_size[0]), int(input_size[1])], "mean": mean, "std": std, "modifications": []}
+    return model.eval(), meta
+
+
+def balanced_subset(ds: ImageDataset, n: int, seed: int = 0) -> ImageDataset:
+    """``n`` readable rows, as class-balanced as the data allows (round robin over classes)."""
+    rng = np.random.default_rng(seed)
+    readable = np.flatnonzero(~ds.unreadable)
+    per_class = [rng.permutation(readable[ds.labels[readable] == k]) for k in range(ds.num_classes)]
+    picks: list[int] = []
+    depth = 0
+    while len(picks) < n and any(depth < len(p) for p in per_class):
+        for p in per_class:
+            if depth < len(p) and len(picks) < n:
+                picks.append(int(p[depth]))
+        depth += 1
+    return ds.subset(np.sort(np.asarray(picks, dtype=np.int64)))
+
+
+def strip_rates(model: StripWrapper, test: ImageDataset, trigger: Any = None, batch: int = 512) -> dict:
+    """STRIP's false rejection rate on clean test rows and false acceptance rate of triggered
+    non-target test rows."""
+    keep = ~test.unreadable
+    images, labels = test.images[keep], test.labels[keep]
+    dev = next(model.parameters()).device
+
+    def rejected(imgs: np.ndarray) -> np.ndarray:
+        out = [model.predict_with_reject(to_nchw(imgs[s:s + batch], dev))[1].cpu().numpy()
+               for s in range(0, len(imgs), batch)]
+        return np.concatenate(out) if out else np.zeros(0, bool)
+
+    res = {"strip_frr": float(rejected(images).mean())}
+    if trigger is not None:
+        apply, tgt = resolve_trigger(trigger)
+        rows = labels != tgt if tgt is not None else np.ones(len(labels), bool)
+        res["strip_far"] = float((~rejected(np.asarray(apply(np.ascontiguousarray(images[rows])), np.uint8))).mean())
+    return res
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return obj
+
+
+def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike | None,
+                    model_dir: str | os.PathLike | None = None, arch: str | None = None,
+                    state_dict: str | os.PathLike | None = None, test: ImageDataset | None = None,
+                    trigger: str | os.PathLike | dict | None = None, options: dict | None = None,
+                    n_clean: int | None = None, device: Any = "auto", seed: int = 0,
+                    log: Callable[[str], Any] | None = print) -> dict:
+    """Validate everything, purify, evaluate before/after (CA; ASR, RA, DER with a trigger),
+    save the model directory (``out``; skipped when None) with metrics.json and report.md."""
+    if method not in PURIFIERS:
+        PURIFIERS.get(method)  # one-line error naming the known methods
+    cfg = make_config(method, options)
+    if len(clean) == 0 or not (~clean.unreadable).any():
+        raise VetsetError("the clean set is empty")
+    model, meta = load_user_model(model_dir, arch=arch, state_dict=state_dict, num_classes=clean.num_classes,
+                                  input_size=clean.image_size, class_names=clean.class_names)
+    if int(meta["num_classes"]) != clean.num_classes:
+        raise VetsetError(f"the model has {meta['num_classes']} classes, the clean set {clean.num_classes}")
+    if tuple(meta["input_size"]) != tuple(clean.image_size):
+        raise VetsetError(f"the model takes {tuple(meta['input_size'])} images, the clean set has {clean.image_size}")
+    if test is not None and test.num_classes != clean.num_classes:
+        raise VetsetError(f"the test set has {test.num_classes} classes, the clean set {clean.num_classes}")
+    trigger_spec = load_trigger(trigger) if isinstance(trigger, (str, os.PathLike)) else trigger
+    if trigger_spec is not None and test is None:
+        raise VetsetError("--trigger needs --test (ASR is measured on the triggered test set)")
+    if n_clean is not None:
+        if n_clean < 1:
+            raise VetsetError("n_clean must be >= 1")
+        clean = balanced_subset(clean, int(n_clean), seed)
+
+    metrics: dict[str, Any] = {"method": method, "n_clean": int((~clean.unreadable).sum()),
+                               "arch": meta["arch"], "source": str(model_dir or state_dict)}
+    if test is not None:
+        metrics["before"] = evaluate(model, test, trigger_spec, device=device)
+    purified, info = purify(method, model, clean, cfg, device=device, seed=seed,
+                            log=(lambda m: log(m)) if log else None)
+    metrics["seconds"] = info["seconds"]
+    metrics["purification"] = _jsonable({k: v for k, v in info.items() if k not in ("wrapper",)})
+    if test is not None:
+        after = evaluate(purified, test, trigger_spec, device=device)
+        metrics["after"] = after
+        metrics["clean_acc"] = after["clean_acc"]
+        if trigger_spec is not None:
+            metrics["asr"], metrics["ra"] = after["asr"], after["ra"]
+            b = metrics["before"]
+            metrics["der"] = der(after["clean_acc"], after["asr"], b["clean_acc"], b["asr"])
+        if isinstance(purified, StripWrapper):
+            metrics.update(strip_rates(purified, test, trigger_spec))
+    if method == "nc":
+        metrics["backdoor_detected"] = info["backdoored"]
+        metrics["target_class"] = info["target_class"]
+    if out is not None:
+        out = Path(out)
+        save_model(purified, out, arch=meta["arch"], num_classes=meta["num_classes"],
+                   class_names=meta["class_names"], input_size=meta["input_size"], mean=meta["mean"],
+                   std=meta["std"], arch_kwargs=meta["arch_kwargs"], wrapper=info.get("wrapper"),
+                   modifications=list(meta["modifications"]) + list(info.get("modifications") or []),
+                   extra={"purification": metrics["purification"], "trigger": trigger_spec})
+        atomic_write_json(_jsonable(metrics), out / METRICS_FILE)
+        atomic_write_text(report_markdown(metrics), out / REPORT_FILE)
+    return _jsonable(metrics)
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.2f}%"
+
+
+def report_markdown(metrics: dict) -> str:
+    lines = [f"# vetset purify: {metrics['method']}", "",
+             f"- model: {metrics['source']} ({metrics['arch']})",
+             f"- clean rows used: {metrics['n_clean']}", f"- purification: {metrics['seconds']:.1f} s"]
+    if "backdoor_detected" in metrics:
+        p = metrics["purification"]
+        verdict = (f"**backdoored**, target class {metrics['target_class']}" if metrics["backdoor_detected"]
+                   else "no backdoor found")
+        lines.append(f"- Neural Cleanse: {verdict} (max anomaly index {p['max_anomaly_index']:.2f}; "
+                     f"threshold {p['config']['anomaly_threshold']})")
+    if "before" in metrics:
+        b, a = metrics["before"], metrics["after"]
+        lines += ["", "| | CA | ASR | RA |", "|---|---|---|---|",
+                  f"| before | {_pct(b['clean_acc'])} | {_pct(b.get('asr'))} | {_pct(b.get('ra'))} |",
+                  f"| after | {_pct(a['clean_acc'])} | {_pct(a.get('asr'))} | {_pct(a.get('ra'))} |"]
+        if "der" in metrics:
+            lines.append(f"\nDER: {metrics['der']:.4f}")
+    if "strip_frr" in metrics:
+        lines.append(f"\nSTRIP: false rejection on clean test {_pct(metrics['strip_frr'])}, "
+                     f"false acceptance of triggered inputs {_pct(metrics.get('strip_far'))}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,127 @@
+"""TSBD (Lin et al., CVPR 2024, "Fusing pruning and backdoor unlearning"): neuron weight
+change + activeness-aware fine-tuning.
+
+1. Clean unlearning: gradient ascent on the clean set until its accuracy is <= 10%
+   (the loop with ``ascent=True`` and an ``on_epoch_end`` stop).
+2. Neuron weight change (NWC) of each conv output channel = sum |w_unlearned - w_orig|.
+3. In the top n% channels by NWC of each conv layer, zero the 70% of weights that changed
+   most (original weights, not the unlearned ones); n is swept and picked by clean accuracy.
+4. Fine-tune with the gradient-norm penalty (loop hook ``after_backward``).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..loop import TrainHooks, fit
+from .base import register
+from .common import clean_accuracy, clean_arrays, fine_tune_config, gradient_norm_hook
+
+
+@dataclass
+class TSBDConfig:
+    """specs/defenses.md: unlearning SGD lr 1e-4 until clean accuracy <= 10%
+    (``unlearn_max_epochs`` caps it); zero ``zero_frac`` 0.7 of the weights in the top n%
+    channels, n swept over ``sweep``; fine-tune 20 epochs SGD lr 0.01 with r 0.05, a 0.7.
+    Chosen here: the picked n is the largest whose clean-set accuracy after zeroing stays
+    >= ``keep_acc`` x the original (0.5)."""
+
+    unlearn_lr: float = 1e-4
+    unlearn_target_acc: float = 0.10
+    unlearn_max_epochs: int = 100
+    zero_frac: float = 0.7
+    sweep: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+    keep_acc: float = 0.5
+    epochs: int = 20
+    lr: float = 0.01
+    batch_size: int = 128
+    r: float = 0.05
+    alpha: float = 0.7
+
+    def __post_init__(self) -> None:
+        self.sweep = tuple(float(s) for s in self.sweep)
+
+
+def _convs(model: nn.Module) -> dict[str, nn.Conv2d]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+@torch.no_grad()
+def zero_changed_weights(model: nn.Module, changes: dict[str, torch.Tensor], top: float, zero_frac: float) -> int:
+    """In each conv, zero the ``zero_frac`` largest-|change| weights of the top ``top`` share
+    of output channels by summed |change|. Returns the number of weights zeroed."""
+    zeroed = 0
+    convs = _convs(model)
+    for name, delta in changes.items():
+        w = convs[name].weight
+        nwc = delta.flatten(1).sum(1)
+        k = int(round(top * len(nwc)))
+        if k == 0:
+            continue
+        for c in torch.argsort(nwc, descending=True)[:k].tolist():
+            d = delta[c].flatten()
+            n_zero = int(round(zero_frac * d.numel()))
+            idx = torch.argsort(d, descending=True)[:n_zero]
+            flat = w[c].view(-1) if w[c].is_contiguous() else None
+            if flat is not None:
+                flat[idx] = 0
+            else:
+                wc = w[c].clone().reshape(-1)
+                wc[idx] = 0
+                w[c].copy_(wc.view_as(w[c]))
+            zeroed += n_zero
+    return zeroed
+
+
+@register("tsbd", TSBDConfig, "neuron weight change re-initialisation + activeness-aware fine-tuning")
+def purify_tsbd(model, clean, cfg: TSBDConfig, *, device, seed, log):
+    images, labels = clean_arrays(clean)
+    model.to(device)
+    acc0 = clean_accuracy(model, images, labels, device)
+    original = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    # 1. clean unlearning on a copy
+    unlearned = copy.deepcopy(model)
+    reached = {"epochs": 0, "acc": acc0}
+
+    def stop(epoch, m) -> bool:
+        reached["epochs"] = epoch + 1
+        reached["acc"] = clean_accuracy(m, images, labels, device)
+        return reached["acc"] <= cfg.unlearn_target_acc
+
+    tc = fine_tune_config(epochs=cfg.unlearn_max_epochs, batch_size=cfg.batch_size, lr=cfg.unlearn_lr,
+                          device=device, seed=seed, schedule="constant", weight_decay=0.0, augment=False,
+                          n_rows=len(images))
+    fit(unlearned, images, labels, tc, TrainHooks(ascent=True, on_epoch_end=stop))
+
+    # 2. neuron weight change per conv output channel
+    changes = {name: (conv.weight.detach() - _convs(model)[name].weight.detach()).abs().float()
+               for name, conv in _convs(unlearned).items()}
+    del unlearned
+
+    # 3. sweep n, pick by clean accuracy
+    sweep = []
+    chosen = 0.0
+    for top in sorted(cfg.sweep):
+        model.load_state_dict(original)
+        zero_changed_weights(model, changes, top, cfg.zero_frac)
+        acc = clean_accuracy(model, images, labels, device)
+        sweep.append({"top": top, "clean_set_acc": acc})
+        if acc >= cfg.keep_acc * acc0:
+            chosen = top
+    model.load_state_dict(original)
+    n_zeroed = zero_changed_weights(model, changes, chosen, cfg.zero_frac)
+    if log:
+        log(f"tsbd: unlearned to {reached['acc']:.3f} in {reached['epochs']} epochs; zeroing top {chosen:.0%} "
+            f"channels ({n_zeroed} weights)")
+
+    # 4. fine-tune with the gradient-norm penalty
+    tc = fine_tune_config(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, device=device, seed=seed + 1,
+                          n_rows=len(images))
+    if cfg.epochs > 0:
+        model = fit(model, images, labels, tc, TrainHooks(after_backward=gradient_norm_hook(cfg.r, cfg.alpha))).model
+    return model, {"unlearn_epochs": reached["epochs"], "unlearned_clean_set_acc": reached["acc"],
+                   "clean_set_acc_before": acc0, "sweep": sweep, "chosen_top": chosen, "n_zeroed": n_zeroed}
