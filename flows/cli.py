@@ -15,6 +15,13 @@ from pipelines.registry import Registry
 
 EXIT_INTERNAL = 1
 
+# Prefect's ephemeral server (no PREFECT_API_URL) gets 20 s to start by default; on a busy
+# 2-core machine it took 13-18 s even when idle (../shared/ENVIRONMENT.md), so allow more.
+# Set before prefect is imported; a user's own setting wins.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+# vetset runs offline; the server's usage telemetry only adds a database write at start.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
 
 @dataclass
 class Command:
