@@ -59,10 +59,11 @@ METRIC_HEADER = ["detector", "TPR", "FPR", "precision", "F1", "AUROC", "poisoned
 
 
 def per_class(frame: pd.DataFrame) -> pd.DataFrame:
-    g = frame.groupby("label_name", sort=False)
-    out = pd.DataFrame({"rows": g.size(), "flagged": g["flagged"].sum()})
+    """Rows and flagged rows per given label, in class order."""
+    g = frame.groupby("label", sort=True)
+    out = pd.DataFrame({"class": g["label_name"].first(), "rows": g.size(), "flagged": g["flagged"].sum()})
     out["flagged %"] = (100 * out["flagged"] / out["rows"]).round(2)
-    return out.reset_index().rename(columns={"label_name": "class"})
+    return out.reset_index(drop=True)
 
 
 def _histogram_svg(frame: pd.DataFrame, bins: int = 40, width: int = 480, height: int = 120) -> str:
