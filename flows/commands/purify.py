@@ -1,0 +1,78 @@
+"""`vetset purify`: repair a trained model with a small clean set (trainers.purify)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipelines.errors import VetsetError
+
+from ..cli import COMMANDS, Command
+from .common import build_params, parse_value
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="vetset model directory")
+    p.add_argument("--arch", help="architecture of --state-dict (small_cnn, preact_resnet18, ...)")
+    p.add_argument("--state-dict", help=".safetensors or torch state dict that fits --arch")
+    p.add_argument("--clean", required=True, help="the small clean set")
+    p.add_argument("--method", required=True, help="sau, npd, ftsam, tsbd, awm, ft, fp, nc, strip")
+    p.add_argument("--test", help="test set for CA (and ASR / RA / DER with --trigger)")
+    p.add_argument("--trigger", help="trigger.json written by `vetset poison`")
+    p.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                   help="method option, e.g. --set epochs=5 (repeatable)")
+    p.add_argument("--n-clean", type=int, help="use a class-balanced subset of this many clean rows")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="model directory to write")
+
+
+def _options(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise VetsetError(f"--set wants OPTION=VALUE, got {pair!r}")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def cmd_purify(args: argparse.Namespace) -> int:
+    from pipelines.loaders import load_dataset, validate_source
+    from trainers.purify import PURIFIERS, make_config
+    from trainers.purify.run import load_user_model
+
+    from .. import logging_quiet
+    from ..purify import purify_flow
+    from ..purify_params import PurifyParams
+
+    params = build_params(PurifyParams, model=args.model, arch=args.arch, state_dict=args.state_dict,
+                          clean=args.clean, method=args.method, out=args.out, test=args.test, trigger=args.trigger,
+                          options=_options(args.set), n_clean=args.n_clean, device=args.device, seed=args.seed)
+    PURIFIERS.get(params.method)
+    make_config(params.method, params.options)
+    validate_source(params.clean)
+    if params.test:
+        validate_source(params.test)
+    if params.trigger and not Path(params.trigger).is_file():
+        raise VetsetError(f"{params.trigger}: no such trigger file")
+    clean = load_dataset(params.clean)
+    if len(clean) == 0 or not (~clean.unreadable).any():
+        raise VetsetError("the clean set is empty")
+    model, meta = load_user_model(params.model, arch=params.arch, state_dict=params.state_dict,
+                                  num_classes=clean.num_classes, input_size=clean.image_size)
+    if int(meta["num_classes"]) != clean.num_classes:
+        raise VetsetError(f"the model has {meta['num_classes']} classes, the clean set {clean.num_classes}")
+    del model
+    logging_quiet.install()
+    metrics = purify_flow(params)
+    for key in ("clean_acc", "asr", "ra", "der", "strip_frr", "strip_far"):
+        if metrics.get(key) is not None:
+            print(f"{key}: {metrics[key]:.4f}")
+    if "backdoor_detected" in metrics:
+        print(f"backdoor_detected: {metrics['backdoor_detected']} target_class: {metrics['target_class']}")
+    print(f"model: {params.out}")
+    return 0
+
+
+COMMANDS.register("purify")(Command("purify", "repair a trained model with a small clean set", _arguments,
+                                    cmd_purify))

@@ -1,0 +1,31 @@
+"""Parameters of the ``purify`` flow (validated pydantic model)."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+
+
+class PurifyParams(BaseModel):
+    model: str | None = Field(None, description="vetset model directory (config.json + model.safetensors)")
+    arch: str | None = Field(None, description="registered architecture, with state_dict instead of model")
+    state_dict: str | None = Field(None, description=".safetensors or torch state dict (read with weights_only)")
+    clean: str = Field(description="the small clean set (any source `vetset audit` reads)")
+    method: str = Field(description="sau, npd, ftsam, tsbd, awm, ft, fp, nc, strip")
+    out: str = Field(description="model directory to write (model, config.json, metrics.json, report.md)")
+    test: str | None = Field(None, description="test set for CA (and ASR / RA / DER with trigger)")
+    trigger: str | None = Field(None, description="trigger.json of a simulated attack")
+    options: dict[str, Any] = Field(default_factory=dict, description="method option -> value")
+    n_clean: int | None = Field(None, ge=1, description="use a class-balanced subset of this many clean rows")
+    device: str = "auto"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "PurifyParams":
+        if self.model is None and (self.arch is None or self.state_dict is None):
+            raise ValueError("give a model directory, or arch together with state_dict")
+        if self.model is not None and self.state_dict is not None:
+            raise ValueError("give a model directory or a state dict, not both")
+        if self.trigger is not None and self.test is None:
+            raise ValueError("trigger needs test (ASR is measured on the triggered test set)")
+        return self
