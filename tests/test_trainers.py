@@ -127,14 +127,14 @@ def test_crop_flip_and_cutout_on_device_tensors():
 
 
 def test_small_cnn_learns_cifar_slice():
-    x, y = cifar("train", 3000)
+    x, y = cifar("train", 2000)
     xt, yt = cifar("test", 1000)
     model = build_model("small_cnn", 10, seed=0)
     result = fit(model, x, y, preset("cpu_small", epochs=4))
     assert len(result.history) == 4
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     acc = float((predict_logits(model, xt).argmax(1) == yt).mean())
-    assert acc > 0.35, acc  # chance is 0.10; measured about 0.5
+    assert acc > 0.35, acc  # chance is 0.10; measured 0.457
 
 
 def test_training_is_repeatable_with_a_seed():
