@@ -2,7 +2,8 @@
 
     python -m trainers train --data PATH [--test PATH] [--model NAME] [--preset NAME]
         [--epochs N] [--batch-size N] [--lr LR] [--device DEV] [--seed N] [--compile]
-        [--trigger trigger.json] --out DIR
+        [--trigger trigger.json] [--defense none|abl|pdb|curate] [--scores scores.parquet]
+        [--relabel] [--defense-option KEY=VALUE ...] [--baseline-metrics metrics.json] --out DIR
     python -m trainers eval --model-dir DIR --test PATH [--trigger trigger.json] [--device DEV]
 
 Bad input prints ``error: <one line>`` to stderr and exits 2.
@@ -35,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--trigger", help="trigger.json of the attack, to measure ASR and RA")
     t.add_argument("--pretrained", help="local weights file (.safetensors or .pt state dict)")
     t.add_argument("--tta-flip", action="store_true", help="average logits with the mirrored image at test time")
+    t.add_argument("--defense", default="none", help="in-training defense: none, abl, pdb, curate")
+    t.add_argument("--scores", help="curate: the audit's scores.parquet (flagged rows are dropped)")
+    t.add_argument("--relabel", action="store_true",
+                   help="curate: give flagged rows their suggested label instead of dropping them")
+    t.add_argument("--defense-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a defense option, e.g. isolation_epochs=10 (abl) or repeats=3 (pdb); repeatable")
+    t.add_argument("--baseline-metrics", help="an undefended run's metrics.json, for DER")
     t.add_argument("--out", required=True, help="output folder (model.safetensors, config.json, metrics.json)")
     e = sub.add_parser("eval", help="evaluate a saved model")
     e.add_argument("--model-dir", required=True)
@@ -47,12 +55,36 @@ def _parser() -> argparse.ArgumentParser:
 
 def _summary(metrics: dict) -> str:
     parts = []
-    for key in ("clean_acc", "asr", "ra"):
+    for key in ("clean_acc", "asr", "ra", "der"):
         if key in metrics and metrics[key] is not None:
             parts.append(f"{key} {metrics[key]:.4f}")
     if "train_seconds" in metrics:
         parts.append(f"train {metrics['train_seconds']:.1f}s ({metrics['sec_per_epoch']:.2f}s/epoch)")
     return ", ".join(parts)
+
+
+def defense_options(args: argparse.Namespace) -> dict:
+    """--defense-option KEY=VALUE pairs (values parsed as JSON when they parse) plus --scores
+    and --relabel for curate."""
+    from .defenses import DEFENSES
+
+    DEFENSES.get(args.defense)  # one-line error naming the known defenses
+    options: dict = {}
+    for item in args.defense_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise VetsetError(f"--defense-option wants KEY=VALUE, got {item!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    if args.defense == "curate":
+        if not args.scores:
+            raise VetsetError("--defense curate needs --scores PATH (an audit's scores.parquet)")
+        options.update(scores=args.scores, relabel=bool(args.relabel))
+    elif args.scores or args.relabel:
+        raise VetsetError("--scores and --relabel apply to --defense curate only")
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.data, args.out, test=args.test, model=args.model, preset=args.preset,
                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
                 seed=args.seed, compile=args.compile, trigger=args.trigger, pretrained=args.pretrained,
-                tta_flip=args.tta_flip, log=lambda line: print(line, flush=True))
+                tta_flip=args.tta_flip, log=lambda line: print(line, flush=True), defense=args.defense,
+                defense_options=defense_options(args), baseline_metrics=args.baseline_metrics)
             print(f"saved to {args.out}: {_summary(metrics)}")
         else:
             from pipelines.loaders import load_dataset

@@ -84,6 +84,51 @@ def _permute_logits(inner: nn.Module, perm: Sequence[int]) -> nn.Module:
     return PermuteLogits(inner, perm)
 
 
+def pdb_trigger_slices(height: int, width: int, size: int, corner: str) -> tuple[slice, slice]:
+    """Rows and columns of PDB's ``size`` x ``size`` defensive trigger in ``corner``."""
+    if corner not in ("top_left", "top_right", "bottom_left", "bottom_right"):
+        raise ValueError(f"corner must be top_left, top_right, bottom_left or bottom_right, got {corner!r}")
+    size = min(int(size), height, width)
+    r0 = 0 if corner.startswith("top") else height - size
+    c0 = 0 if corner.endswith("left") else width - size
+    return slice(r0, r0 + size), slice(c0, c0 + size)
+
+
+class DefensiveTrigger(nn.Module):
+    """PDB's inference (Wei et al. 2024, "Mitigating Backdoor Attack by Injecting Proactive
+    Defensive Backdoor"): stamp the defensive trigger (a ``size`` x ``size`` square set to
+    ``value``, 2.0 by default, beyond the [0, 1] pixel range) on every input, run the inner
+    model, and undo the reversible label map h(y) = (y + shift) mod K:
+    out[:, k] = inner(x + trigger)[:, (k + shift) mod K]."""
+
+    wrapper_name = "pdb"
+
+    def __init__(self, inner: nn.Module, num_classes: int, value: float = 2.0, size: int = 7,
+                 corner: str = "top_left", shift: int = 1):
+        super().__init__()
+        self.inner = inner
+        self.value, self.size, self.corner, self.shift = float(value), int(size), str(corner), int(shift)
+        self.num_classes = int(num_classes)
+        pdb_trigger_slices(32, 32, self.size, self.corner)  # validate the corner now
+        perm = [(k + self.shift) % self.num_classes for k in range(self.num_classes)]
+        self.register_buffer("perm", torch.tensor(perm, dtype=torch.long), persistent=False)
+
+    def stamp(self, x: torch.Tensor) -> torch.Tensor:
+        rows, cols = pdb_trigger_slices(x.shape[-2], x.shape[-1], self.size, self.corner)
+        x = x.clone()
+        x[..., rows, cols] = self.value
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(self.stamp(x)).index_select(1, self.perm.to(x.device))
+
+
+@WRAPPERS.register("pdb")
+def _pdb(inner: nn.Module, num_classes: int, value: float = 2.0, size: int = 7, corner: str = "top_left",
+         shift: int = 1) -> nn.Module:
+    return DefensiveTrigger(inner, num_classes, value=value, size=size, corner=corner, shift=shift)
+
+
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -11,9 +11,8 @@ import numpy as np
 from pipelines.dataset import ImageDataset
 from pipelines.errors import VetsetError
 
-from .evaluate import evaluate, load_trigger
-from .loop import TrainConfig, fit, is_main_process, preset as get_preset, resolve_device
-from .models import build_model
+from .evaluate import der, evaluate, load_trigger
+from .loop import TrainConfig, is_main_process, preset as get_preset, resolve_device
 from .saved import save_model, write_json_atomic
 
 METRICS_FILE = "metrics.json"
@@ -46,66 +45,150 @@ def auto_choice(device: str) -> tuple[str, str]:
     return ("preact_resnet18", "fast") if on_cuda else ("small_cnn", "cpu_small")
 
 
+def find_trigger(data: Any) -> Path | None:
+    """The simulator's ``trigger.json`` beside a simulated dataset (``vetset poison`` writes
+    data.parquet, truth.parquet and trigger.json into one folder), or None."""
+    if isinstance(data, ImageDataset) or data is None:
+        return None
+    path = Path(data)
+    folder = path if path.is_dir() else path.parent
+    candidate = folder / "trigger.json"
+    return candidate if candidate.is_file() else None
+
+
+def read_baseline(baseline: str | os.PathLike | dict | None) -> dict | None:
+    """An undefended run's metrics (its metrics.json path or the dict) for DER."""
+    if baseline is None or isinstance(baseline, dict):
+        return baseline
+    import json
+
+    path = Path(baseline)
+    if not path.is_file():
+        raise VetsetError(f"baseline metrics not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VetsetError(f"{path} is not valid JSON: {exc}") from None
+
+
+def resolve_training(model: str = "auto", preset: str = "auto", config: TrainConfig | None = None, *,
+                     epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+                     compile: bool | None = None, device: str = "auto", seed: int = 0) -> tuple[str, TrainConfig]:
+    """(architecture name, training config) from the user's choices ("auto" resolved)."""
+    auto_model, auto_preset = auto_choice(device)
+    arch = auto_model if model == "auto" else model
+    cfg = config if config is not None else get_preset(auto_preset if preset == "auto" else preset)
+    overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, compile=compile).items()
+                 if v is not None}
+    return arch, cfg.replace(device=device, seed=seed, **overrides)
+
+
+def train_defended(train_ds: ImageDataset, *, arch: str, cfg: TrainConfig, defense: str = "none",
+                   defense_options: dict | None = None, seed: int = 0, pretrained: str | None = None,
+                   log: Callable[[str], Any] | None = print):
+    """Train with ``defense`` (a name in ``trainers.defenses.DEFENSES``); returns (model, info).
+    The model is the one to use at inference (wrapped when the defense needs a wrapper)."""
+    from .defenses import build_defense
+
+    chosen = build_defense(defense, defense_options)
+    quiet = log if is_main_process() else None
+    model, info = chosen.train(train_ds, cfg, model_name=arch, device=cfg.device, seed=seed, log=quiet,
+                               pretrained=pretrained)
+    info["defense"] = defense
+    info["defense_config"] = chosen.config_dict()
+    return model, info
+
+
+def run_metrics(model, info: dict, train_ds: ImageDataset, *, arch: str, cfg: TrainConfig,
+                test_ds: ImageDataset | None = None, trigger_spec: dict | None = None, tta_flip: bool = False,
+                baseline: dict | None = None) -> dict:
+    """metrics.json's content: training facts, CA (and ASR / RA with a trigger, DER against a
+    baseline run's metrics)."""
+    history = info.get("history", [])
+    extra = {k: v for k, v in info.items() if k not in ("history", "train_seconds", "n_train", "defense",
+                                                          "defense_config", "wrapper")}
+    metrics: dict[str, Any] = {
+        "model": arch,
+        "defense": info.get("defense", "none"),
+        "defense_config": info.get("defense_config", {}),
+        "n_train": int(info.get("n_train", len(train_ds))),
+        "n_unreadable_skipped": int(train_ds.unreadable.sum()),
+        "dataset_fingerprint": train_ds.fingerprint,
+        "device": str(resolve_device(cfg.device)),
+        "epochs": len(history),
+        "train_seconds": info.get("train_seconds"),
+        "sec_per_epoch": (info.get("train_seconds") or 0.0) / max(1, len(history)),
+        "final_train_loss": history[-1]["loss"] if history else None,
+        "final_train_acc": history[-1]["acc"] if history else None,
+        "train_config": cfg.to_dict(),
+        "wrapper": info.get("wrapper"),
+        "defense_info": extra,
+        "history": history,
+    }
+    if test_ds is not None:
+        if test_ds.num_classes != train_ds.num_classes:
+            raise VetsetError(f"test set has {test_ds.num_classes} classes, training set {train_ds.num_classes}")
+        metrics.update(evaluate(model, test_ds, trigger_spec, batch_size=cfg.eval_batch_size, tta_flip=tta_flip))
+    if baseline is not None:
+        metrics["baseline"] = {k: baseline.get(k) for k in ("clean_acc", "asr", "ra", "defense")}
+        if all(isinstance(metrics.get(k), float) and isinstance(baseline.get(k), (int, float))
+               for k in ("clean_acc", "asr")):
+            metrics["der"] = der(metrics["clean_acc"], metrics["asr"], float(baseline["clean_acc"]),
+                                 float(baseline["asr"]))
+    return metrics
+
+
+def save_run(model, info: dict, metrics: dict, out: str | os.PathLike, *, arch: str, train_ds: ImageDataset,
+             cfg: TrainConfig, trigger_spec: dict | None = None) -> Path:
+    """Save the model (with the defense's inference wrapper) and metrics.json under ``out``."""
+    from .saved import bare_model
+
+    net = bare_model(model)
+    mean = [float(v) for v in net.norm.mean.flatten().tolist()]
+    std = [float(v) for v in net.norm.std.flatten().tolist()]
+    if is_main_process():
+        save_model(model if info.get("wrapper") else net, out, arch=arch, num_classes=train_ds.num_classes,
+                   class_names=train_ds.class_names, input_size=train_ds.image_size, mean=mean, std=std,
+                   wrapper=info.get("wrapper"),
+                   extra={"train_config": cfg.to_dict(), "dataset_fingerprint": train_ds.fingerprint,
+                          "trigger": trigger_spec, "defense": info.get("defense", "none"),
+                          "defense_config": info.get("defense_config", {})})
+        write_json_atomic(metrics, Path(out) / METRICS_FILE)
+    return Path(out)
+
+
 def train_and_save(data: str | os.PathLike | ImageDataset, out: str | os.PathLike, *,
                    test: str | os.PathLike | ImageDataset | None = None, model: str = "auto",
                    preset: str = "auto", config: TrainConfig | None = None,
                    epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
                    device: str = "auto", seed: int = 0, compile: bool | None = None,
                    trigger: str | os.PathLike | dict | None = None, pretrained: str | None = None,
-                   tta_flip: bool = False, log: Callable[[str], Any] | None = print) -> dict:
-    """Train ``model`` on ``data``, save it to ``out`` (model.safetensors, config.json) and
-    write ``out/metrics.json``; returns the metrics.
+                   tta_flip: bool = False, log: Callable[[str], Any] | None = print,
+                   defense: str = "none", defense_options: dict | None = None,
+                   baseline_metrics: str | os.PathLike | dict | None = None) -> dict:
+    """Train ``model`` on ``data`` with ``defense`` (none, abl, pdb, curate; options in
+    ``defense_options``, e.g. ``{"scores": "runs/x/scores.parquet"}`` for curate), save it to
+    ``out`` (model.safetensors, config.json) and write ``out/metrics.json``; returns the metrics.
 
     ``config`` overrides ``preset``; ``epochs``/``batch_size``/``lr``/``compile`` override
     either. Unreadable rows are left out of training. With ``test`` the metrics hold CA and
-    per-class accuracy, and with a ``trigger`` (trigger.json path or spec dict) ASR and RA.
+    per-class accuracy, and with a ``trigger`` (trigger.json path or spec dict; by default the
+    simulator's trigger.json beside ``data`` when there is one) ASR and RA; with
+    ``baseline_metrics`` (an undefended run's metrics.json) DER.
     """
     train_ds = _as_dataset(data)
     test_ds = _as_dataset(test) if test is not None else None
+    if trigger is None and test_ds is not None:
+        trigger = find_trigger(data)
     trigger_spec = load_trigger(trigger) if isinstance(trigger, (str, os.PathLike)) else trigger
-    auto_model, auto_preset = auto_choice(device)
-    arch = auto_model if model == "auto" else model
-    cfg = config if config is not None else get_preset(auto_preset if preset == "auto" else preset)
-    overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, compile=compile).items()
-                 if v is not None}
-    cfg = cfg.replace(device=device, seed=seed, **overrides)
-
-    keep = np.flatnonzero(~train_ds.unreadable)
-    images, labels = train_ds.images[keep], train_ds.labels[keep]
-    if len(images) == 0:
+    baseline = read_baseline(baseline_metrics)
+    arch, cfg = resolve_training(model, preset, config, epochs=epochs, batch_size=batch_size, lr=lr,
+                                 compile=compile, device=device, seed=seed)
+    if not (~train_ds.unreadable).any():
         raise VetsetError("no readable rows to train on")
-    mean, std = channel_stats(images)
-    net = build_model(arch, train_ds.num_classes, train_ds.image_size, mean, std,
-                      pretrained=pretrained, seed=seed)
-
-    def log_epoch(rec: dict) -> None:
-        if log is not None and is_main_process():
-            log(f"epoch {rec['epoch'] + 1}/{cfg.epochs} loss {rec['loss']:.4f} acc {rec['acc']:.4f} "
-                f"lr {rec['lr']:.4g} {rec['seconds']:.2f}s")
-
-    result = fit(net, images, labels, cfg, log=log_epoch)
-    metrics: dict[str, Any] = {
-        "model": arch,
-        "n_train": int(len(images)),
-        "n_unreadable_skipped": int(len(train_ds) - len(images)),
-        "dataset_fingerprint": train_ds.fingerprint,
-        "device": str(resolve_device(cfg.device)),
-        "epochs": len(result.history),
-        "train_seconds": result.seconds,
-        "sec_per_epoch": result.sec_per_epoch,
-        "final_train_loss": result.history[-1]["loss"] if result.history else None,
-        "final_train_acc": result.history[-1]["acc"] if result.history else None,
-        "train_config": cfg.to_dict(),
-        "history": result.history,
-    }
-    if test_ds is not None:
-        if test_ds.num_classes != train_ds.num_classes:
-            raise VetsetError(f"test set has {test_ds.num_classes} classes, training set {train_ds.num_classes}")
-        metrics.update(evaluate(net, test_ds, trigger_spec, batch_size=cfg.eval_batch_size, tta_flip=tta_flip))
-    if is_main_process():
-        save_model(net, out, arch=arch, num_classes=train_ds.num_classes, class_names=train_ds.class_names,
-                   input_size=train_ds.image_size, mean=mean, std=std,
-                   extra={"train_config": cfg.to_dict(), "dataset_fingerprint": train_ds.fingerprint,
-                          "trigger": trigger_spec})
-        write_json_atomic(metrics, Path(out) / METRICS_FILE)
+    net, info = train_defended(train_ds, arch=arch, cfg=cfg, defense=defense, defense_options=defense_options,
+                               seed=seed, pretrained=pretrained, log=log)
+    metrics = run_metrics(net, info, train_ds, arch=arch, cfg=cfg, test_ds=test_ds, trigger_spec=trigger_spec,
+                          tta_flip=tta_flip, baseline=baseline)
+    save_run(net, info, metrics, out, arch=arch, train_ds=train_ds, cfg=cfg, trigger_spec=trigger_spec)
     return metrics
