@@ -1,0 +1,155 @@
+"""Post-training purification benchmark: CA / ASR before and after every method.
+
+GPU (the issue's setting; no Prefect needed): CIFAR-10 from ``--data`` (default
+.device-data/cifar10, train.parquet + test.parquet), PreAct-ResNet18 trained with the fast
+recipe on 10% poisoned data per attack, a clean set of 5% of the training size taken from
+rows the simulator left clean, each method at its published defaults; AWM also with 1% and
+with 10 images; STRIP's false acceptance at 1% false rejection.
+
+    python benchmarks/purify.py --device cuda --out purify_gpu.json
+
+CPU (``--cpu-slice 6000``): a class-balanced 6,000-row slice, BadNets (3x3 patch) on 5% of
+it, the small CNN with the cpu_small recipe, 2,000 test rows, and the methods with the
+short schedules in CPU_OPTIONS (printed and recorded):
+
+    python benchmarks/purify.py --cpu-slice 6000 --device cpu --out /tmp/purify_cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.loaders import load_dataset  # noqa: E402
+from pipelines.simulate import SimulationSpec, simulate  # noqa: E402
+from trainers import build_model, evaluate, fit, preset, resolve_device  # noqa: E402
+from trainers.purify import PURIFIERS, purify  # noqa: E402
+from trainers.purify.run import balanced_subset, strip_rates  # noqa: E402
+from trainers.train import channel_stats  # noqa: E402
+
+METHODS = ["ft", "fp", "nc", "sau", "npd", "ftsam", "tsbd", "awm", "strip"]
+ATTACKS = ["badnets", "blended", "sig", "wanet"]
+# Short schedules for the 2-core CPU measurement (the GPU run uses the published defaults).
+CPU_OPTIONS = {
+    "ft": {"epochs": 10},
+    "fp": {"epochs": 10},
+    "nc": {"reverse_epochs": 10, "reverse_rows": 300, "epochs": 10},
+    "sau": {"epochs": 10, "lr": 1e-3, "batch_size": 128},
+    "npd": {"warmup_epochs": 2, "epochs": 10},
+    "ftsam": {"epochs": 10, "batch_size": 128},
+    "tsbd": {"unlearn_lr": 1e-2, "unlearn_max_epochs": 30, "epochs": 10},
+    "awm": {"steps": 60, "batch_size": 100},
+    "strip": {},
+}
+BACKDOORBENCH = {  # specs/defenses.md (lossless CIFAR-10; our data is JPEG q75)
+    "none": {"badnets": "91.32/95.03", "blended": "93.47/99.92", "sig": "84.48/98.27", "wanet": "91.25/89.73"},
+    "ft": {"badnets": "89.96/1.48", "blended": "92.78/96.11", "sig": "90.80/2.37", "wanet": "93.48/17.10"},
+    "fp": {"badnets": "91.31/57.13", "blended": "93.17/99.26", "sig": "89.10/26.20", "wanet": "91.46/1.09"},
+    "nc": {"badnets": "89.05/1.27", "blended": "93.47/99.92", "sig": "84.48/98.27", "wanet": "91.80/7.53"},
+}
+
+
+def slice_table(path: Path, n: int | None, offset: int = 0) -> pa.Table:
+    table = pq.read_table(path)
+    if n is None or n >= table.num_rows:
+        return table
+    step = table.num_rows // n
+    return table.take(pa.array(np.arange(n) * step + (offset % step)))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=".device-data/cifar10")
+    p.add_argument("--cpu-slice", type=int, help="CPU measurement: rows of the training slice (e.g. 6000)")
+    p.add_argument("--attacks", nargs="+", default=None)
+    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--poison-rate", type=float, default=None)
+    p.add_argument("--clean-frac", type=float, default=0.05)
+    p.add_argument("--train-epochs", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the results as JSON")
+    args = p.parse_args()
+
+    cpu = args.cpu_slice is not None
+    device = resolve_device(args.device)
+    attacks = args.attacks or (["badnets"] if cpu else ATTACKS)
+    rate = args.poison_rate if args.poison_rate is not None else (0.05 if cpu else 0.10)
+    data = Path(args.data)
+    tmp = Path(tempfile.mkdtemp(prefix="purify-bench-"))
+    n_train = args.cpu_slice
+    pq.write_table(slice_table(data / "train.parquet", n_train), tmp / "train.parquet")
+    pq.write_table(slice_table(data / "test.parquet", 2000 if cpu else None), tmp / "test.parquet")
+    train_all, test = load_dataset(tmp / "train.parquet"), load_dataset(tmp / "test.parquet")
+    arch, recipe = ("small_cnn", "cpu_small") if cpu else ("preact_resnet18", "fast")
+    results = []
+    for attack in attacks:
+        sim = simulate(train_all, SimulationSpec(attack=attack, poison_rate=rate, seed=args.seed))
+        clean_rows = np.flatnonzero(~sim.truth["is_poisoned"].to_numpy())
+        clean_pool = train_all.subset(clean_rows)  # the original pixels and labels of unpoisoned rows
+        n_clean = int(round(args.clean_frac * len(train_all)))
+        mean, std = channel_stats(sim.dataset.images)
+        model = build_model(arch, 10, (32, 32), mean, std, seed=args.seed)
+        cfg = preset(recipe, device=str(device), seed=args.seed,
+                     **({"epochs": args.train_epochs} if args.train_epochs else {}))
+        t0 = time.perf_counter()
+        fit(model, sim.dataset.images, sim.dataset.labels, cfg)
+        train_s = time.perf_counter() - t0
+        base = evaluate(model, test, sim.trigger)
+        print(f"[{attack}] trained {arch} in {train_s:.0f}s: CA {base['clean_acc']:.4f} ASR {base['asr']:.4f}",
+              flush=True)
+        runs = [(m, n_clean) for m in args.methods]
+        if "awm" in args.methods:
+            runs += [("awm", int(round(0.01 * len(train_all)))), ("awm", 10)]
+        for method, n in runs:
+            clean = balanced_subset(clean_pool, n, args.seed)
+            options = CPU_OPTIONS.get(method, {}) if cpu else {}
+            t0 = time.perf_counter()
+            purified, info = purify(method, copy.deepcopy(model), clean, dict(options), device=device,
+                                    seed=args.seed)
+            if device.type == "cuda":
+                import torch
+
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+            after = evaluate(purified, test, sim.trigger)
+            row = {"attack": attack, "method": method, "n_clean": n, "options": options,
+                   "ca_before": base["clean_acc"], "asr_before": base["asr"],
+                   "ca_after": after["clean_acc"], "asr_after": after["asr"], "ra_after": after["ra"],
+                   "seconds": seconds, "train_seconds": train_s}
+            if method == "nc":
+                row.update(nc_backdoored=info["backdoored"], nc_target=info["target_class"],
+                           nc_max_anomaly=info["max_anomaly_index"])
+            if method == "strip":
+                row.update(strip_rates(purified, test, sim.trigger))
+            results.append(row)
+            extra = ""
+            if method == "nc":
+                extra = f" backdoored={info['backdoored']} target={info['target_class']}"
+            if method == "strip":
+                extra = f" FRR {row['strip_frr']:.4f} FAR {row['strip_far']:.4f}"
+            print(f"[{attack}] {method:6s} n={n:5d} {seconds:6.1f}s CA {row['ca_before']:.4f}->{row['ca_after']:.4f} "
+                  f"ASR {row['asr_before']:.4f}->{row['asr_after']:.4f}{extra}", flush=True)
+    print("\n| attack | method | clean rows | CA before | ASR before | CA after | ASR after | s | BackdoorBench CA/ASR |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        bb = BACKDOORBENCH.get(r["method"], {}).get(r["attack"], "")
+        print(f"| {r['attack']} | {r['method']} | {r['n_clean']} | {100 * r['ca_before']:.2f} | {100 * r['asr_before']:.2f} "
+              f"| {100 * r['ca_after']:.2f} | {100 * r['asr_after']:.2f} | {r['seconds']:.1f} | {bb} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"device": str(device), "cpu_slice": args.cpu_slice, "rate": rate,
+                                              "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
