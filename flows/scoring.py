@@ -54,6 +54,18 @@ def shard_task(name: str, options: dict, shard: ImageDataset, rows: np.ndarray, 
     return scores
 
 
+def result_storage(path: Path) -> LocalFileSystem:
+    """A LocalFileSystem block for ``path``, saved server-side (Prefect 3 wants result storage
+    persisted) under a name derived from the resolved path."""
+    import hashlib
+
+    path = Path(path).resolve()
+    name = f"vetset-cache-{hashlib.blake2b(str(path).encode(), digest_size=6).hexdigest()}"
+    block = LocalFileSystem(basepath=str(path))
+    block.save(name, overwrite=True)
+    return block
+
+
 def is_sharded(name: str) -> bool:
     cls = DETECTORS.get(name)
     return bool(cls.row_independent) or cls.shards_for_real()
@@ -86,7 +98,7 @@ class Scorer:
         key = whole_key(detector_key(name, build_detector(name, options)), self.ds.fingerprint, p.seed,
                         p.expected_dirty_rate, self.upstream)
         if p.cache:
-            runnable = whole_task.with_options(result_storage=LocalFileSystem(basepath=str(self.cache_dir / "whole")),
+            runnable = whole_task.with_options(result_storage=result_storage(self.cache_dir / "whole"),
                                                refresh_cache=p.refresh_cache)
         else:
             runnable = whole_task.with_options(cache_policy=NO_CACHE, cache_key_fn=None, persist_result=False)
