@@ -45,7 +45,11 @@ class AGPDConfig:
     ``z_threshold`` e^2, ``fallback_rho`` 0.3 on the last stage, ``tau`` 0.05, histogram
     ``bins`` 100, JS window ``js_window`` 10 with S_m = mean + ``js_k`` (5) std, ``n_ref``
     10 clean rows per class. ``max_iter`` (the cap on filtering iterations; the JS rule
-    chooses among them) and ``ref_quantile`` (the no-trusted-set reference) are ours.
+    chooses among them), ``ref_quantile`` (the no-trusted-set reference) and ``far_fraction``
+    are ours: the filtering's first far basis is the mean gradient of the class's
+    ``far_fraction`` rows farthest from g0 (at least the single farthest row, n*, as in the
+    paper) because a single outlier n* made the filtering flag a few clean outliers and stop
+    (measured on digits: TPR 0 with n* alone, target class and AUROC 0.98 right).
     ``arch``/``epochs``: the shared detection model ("auto" = by device)."""
 
     arch: str = "auto"
@@ -61,6 +65,7 @@ class AGPDConfig:
     js_window: int = 10
     js_k: float = 5.0
     max_iter: int = 60
+    far_fraction: float = 0.01
     batch_size: int = 256
 
 
@@ -119,8 +124,9 @@ def iterative_filter(g: torch.Tensor, g0: torch.Tensor, far: int, cfg: AGPDConfi
     per row in [0, 1], info)."""
     u = _unit(g)
     cos0 = u @ _unit(g0)
-    basis = u[far]
     n = len(u)
+    n_far = max(1, int(round(cfg.far_fraction * n)))
+    basis = _unit(u[torch.argsort(cos0)[:n_far]].mean(0)) if n_far > 1 else u[far]
     remaining = torch.ones(n, dtype=torch.bool, device=u.device)
     order = torch.full((n,), -1, dtype=torch.long, device=u.device)  # iteration a row was flagged at
     hists: list[np.ndarray] = []

@@ -1,0 +1,173 @@
+"""Model-based detectors (AGPD, spectral signatures, activation clustering, confident
+learning) on real images with simulated dirt, plus their building blocks. CPU only: the
+scikit-learn digits (1,797 real images) at 16x16, the small CNN, few epochs. One detection
+model is trained per dirty dataset and shared by the detectors (that sharing is tested)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import cleansers  # noqa: F401  (registers the detectors)
+from cleansers.agpd import js_divergence, js_stop, robust_z
+from cleansers.base import DETECTORS, AuditContext
+from cleansers.confident import confident_labels, find_label_issues
+from cleansers.detection_model import activation_gradients, main_path_convs, stratified_folds
+from cleansers.fusion import fuse
+from cleansers.run import run_detector
+from pipelines.embedded import load_digits_rgb
+from pipelines.metrics import auroc, detection_metrics
+from pipelines.simulate import SimulationSpec, simulate
+from trainers.models import build_model
+
+EPOCHS = 6
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_rgb(size=16)
+
+
+@pytest.fixture(scope="module")
+def badnets(digits):
+    """10% BadNets (3x3 white patch) to class 0, one context shared by the detectors."""
+    sim = simulate(digits, SimulationSpec(attack="badnets", poison_rate=0.1, target=0, seed=1))
+    ctx = AuditContext(device="cpu", seed=0, expected_dirty_rate=0.1)
+    return sim, ctx, {}
+
+
+def _run(name, sim, ctx, cache, **opts):
+    if name not in cache:
+        cache[name] = run_detector(name, sim.dataset, ctx, dict(epochs=EPOCHS, **opts))
+    return cache[name]
+
+
+def test_all_detectors_registered():
+    assert {"agpd", "spectral", "activation_clustering", "confident", "abl"} <= set(DETECTORS.names())
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def test_main_path_convs_are_the_16_block_convs_of_preact_resnet18():
+    convs = main_path_convs(build_model("preact_resnet18", 10, seed=0))
+    names = [n for n, _ in convs]
+    assert len(names) == 16 and names[0] == "layer1.0.conv1" and names[-1] == "layer4.1.conv2"
+    assert not any("shortcut" in n for n in names)
+    assert [n for n, _ in main_path_convs(build_model("small_cnn", 10, seed=0))] == ["conv2.0", "conv3.0", "conv4.0"]
+
+
+def test_batched_activation_gradients_equal_per_sample_gradients():
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, (16, 16), seed=0).eval()
+    images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    labels = np.array([0, 3, 3, 9, 1, 2])
+    layers = [m for _, m in main_path_convs(model)]
+    batched = activation_gradients(model, images, labels, layers, torch.device("cpu"), batch_size=4)
+    for i in (0, 5):
+        single = activation_gradients(model, images[i:i + 1], labels[i:i + 1], layers, torch.device("cpu"))
+        for b, s in zip(batched, single):
+            torch.testing.assert_close(b[i], s[0], rtol=1e-4, atol=1e-6)
+
+
+def test_robust_z_and_js_rule():
+    rho = np.array([[0.10, 0.11, 0.09, 0.10, 0.60, 0.12]])
+    z = robust_z(rho)
+    assert z.argmax() == 4 and z[0, 4] > math.e ** 2 and (z >= 0).all()
+    assert robust_z(np.full((1, 5), 0.3)).max() == 0.0
+    p = np.array([0.5, 0.5, 0.0])
+    assert js_divergence(p, p) == 0.0 and js_divergence(p, np.array([0.0, 0.0, 1.0])) == pytest.approx(math.log(2))
+    d = [0.5, 0.4, 0.3, 0.01, 0.01, 0.01, 0.2, 0.3]
+    assert js_stop(d, window=3, k=5.0) == 3
+
+
+def test_confident_learning_rule_on_fixed_probabilities():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.2, 0.8], [0.3, 0.7], [0.7, 0.3]])
+    # thresholds: class 0 mean p0 = 0.6, class 1 mean p1 = 0.6
+    assert confident_labels(probs, labels).tolist() == [0, 0, 1, 1, 1, 0]
+    issues, suggested = find_label_issues(probs, labels)
+    assert issues.tolist() == [False, False, True, False, False, True]
+    assert suggested[issues].tolist() == [1, 0]
+    pruned, _ = find_label_issues(probs, labels, "prune_by_noise_rate")
+    assert pruned.tolist() == issues.tolist()
+
+
+def test_stratified_folds_balance_classes():
+    labels = np.repeat(np.arange(3), 10)
+    fold = stratified_folds(labels, 5, seed=0)
+    for c in range(3):
+        assert np.bincount(fold[labels == c], minlength=5).tolist() == [2] * 5
+
+
+# ----------------------------------------------------------------------------- on real data
+
+
+def test_agpd_finds_the_target_class_and_the_poisoned_rows(badnets):
+    sim, ctx, cache = badnets
+    r = _run("agpd", sim, ctx, cache)
+    poisoned = sim.truth["is_poisoned"].to_numpy()
+    assert r.info["target_class_ids"] == [0], r.info
+    m = detection_metrics(poisoned, r.flag, r.score)
+    assert m["auroc"] >= 0.95 and m["tpr"] >= 0.8 and m["fpr"] <= 0.03, m
+
+
+def test_agpd_declares_clean_data_clean(digits):
+    ctx = AuditContext(device="cpu", seed=0)
+    r = run_detector("agpd", digits, ctx, {"epochs": EPOCHS})
+    assert r.info["target_classes"] == [] and r.flag.sum() == 0, r.info
+
+
+def test_detection_model_is_trained_once_and_shared(badnets):
+    sim, ctx, cache = badnets
+    first = _run("agpd", sim, ctx, cache)
+    spectral = _run("spectral", sim, ctx, cache)
+    ac = _run("activation_clustering", sim, ctx, cache)
+    models = [k for k in ctx.model_cache if k[0] == "model" and len(k) == 4]
+    assert len(models) == 1
+    assert first.info["model"]["trained_now"] is True
+    assert spectral.info["model"]["trained_now"] is False and ac.info["model"]["trained_now"] is False
+    assert spectral.info["model"]["train_seconds"] == first.info["model"]["train_seconds"]
+
+
+def test_spectral_and_activation_clustering_rank_poisoned_rows_high(badnets):
+    sim, ctx, cache = badnets
+    poisoned = sim.truth["is_poisoned"].to_numpy()
+    spectral = _run("spectral", sim, ctx, cache)
+    assert auroc(poisoned, spectral.score) >= 0.75
+    frac = spectral.flag[sim.dataset.labels == 3].mean()  # 1.5 * eps of each class, by design
+    assert frac == pytest.approx(0.15, abs=0.01)
+    ac = _run("activation_clustering", sim, ctx, cache)
+    assert auroc(poisoned, ac.score) >= 0.9
+    fired = [k for k, v in ac.info["per_class"].items() if v["flagged"]]
+    assert "0" in fired
+    m = detection_metrics(poisoned, ac.flag)
+    assert m["tpr"] >= 0.8, (m, ac.info["per_class"])
+
+
+def test_confident_learning_finds_wrong_labels_and_suggests_the_original(digits):
+    sim = simulate(digits, SimulationSpec(noise="symmetric", noise_rate=0.1, seed=2))
+    ctx = AuditContext(device="cpu", seed=0)
+    r = run_detector("confident", sim.dataset, ctx, {"folds": 3, "epochs": EPOCHS})
+    noisy = sim.truth["is_noisy"].to_numpy()
+    m = detection_metrics(noisy, r.flag, r.score)
+    assert m["auroc"] >= 0.95 and m["tpr"] >= 0.8 and m["fpr"] <= 0.05, m
+    caught = noisy & r.flag
+    original = sim.truth["original_label"].to_numpy()
+    assert (r.suggested_label[caught] == original[caught]).mean() >= 0.9
+    assert (r.suggested_label[~r.flag] == -1).all()
+    again = run_detector("confident", sim.dataset, ctx, {"folds": 3, "epochs": EPOCHS})
+    assert again.info["trained_now"] is False and np.array_equal(again.flag, r.flag)
+
+
+def test_fusion_of_the_detectors_keeps_specialists_and_needs_agreement_for_quotas(badnets):
+    sim, ctx, cache = badnets
+    results = [_run(n, sim, ctx, cache) for n in ("agpd", "spectral", "activation_clustering")]
+    frame = fuse(sim.dataset, results)
+    poisoned = sim.truth["is_poisoned"].to_numpy()
+    m = detection_metrics(poisoned, frame["flagged"].to_numpy(), frame["dirty_score"].to_numpy())
+    assert m["tpr"] >= 0.8 and m["fpr"] <= 0.05, m
+    lone_spectral = results[1].flag & ~results[0].flag & ~results[2].flag
+    assert not frame["flagged"].to_numpy()[lone_spectral].any()
