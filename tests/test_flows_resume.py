@@ -1,0 +1,50 @@
+"""kill -9 mid-audit, run again: only the unfinished shards are scored, every row once."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from conftest import REPO
+
+
+def _cmd(data, out, cache):
+    return [sys.executable, "-m", "flows", "audit", "--data", str(data), "--detectors", "slow_rows",
+            "--plugin", "flows_plugin", "--shard-size", "20", "--workers", "1", "--cache-dir", str(cache),
+            "--out", str(out)]
+
+
+def test_kill_9_then_resume_scores_only_unfinished_shards(poisoned_cifar, prefect_server, tmp_path):
+    pq.write_table(pq.read_table(poisoned_cifar["data"]).slice(0, 200), tmp_path / "d.parquet")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_API_URL=prefect_server, PYTHONPATH=f"{REPO / 'tests'}{os.pathsep}{REPO}",
+               VETSET_TEST_LOG=str(tmp_path / "first.log"), VETSET_TEST_DELAY="1.5")
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen(_cmd(tmp_path / "d.parquet", tmp_path / "run1", cache), env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while len(list(cache.glob("rows/*/*.parquet"))) < 3:
+        assert proc.poll() is None, "the audit ended before it could be killed"
+        assert time.time() < deadline, "no shards written in time"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = pd.concat([pd.read_parquet(f) for f in cache.glob("rows/*/*.parquet")])
+    assert 60 <= len(done) < 200 and done["sample_id"].is_unique
+
+    env.update(VETSET_TEST_LOG=str(tmp_path / "second.log"), VETSET_TEST_DELAY="0")
+    rerun = subprocess.run(_cmd(tmp_path / "d.parquet", tmp_path / "run2", cache), env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    second = (tmp_path / "second.log").read_text().split()
+    assert len(second) == len(set(second)) == 200 - len(done)  # only what was not on disk
+    assert not set(second) & set(done["sample_id"])
+    assert f"slow_rows: {len(done)} rows reused from the cache, {200 - len(done)} scored" in rerun.stdout
+    scores = pd.read_parquet(tmp_path / "run2" / "scores.parquet")
+    assert len(scores) == 200 and scores["sample_id"].is_unique
+    assert scores["slow_rows_score"].notna().all()
