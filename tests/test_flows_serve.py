@@ -91,3 +91,27 @@ def test_serve_trigger_run_read_state_artifacts_and_event(poisoned_cifar, prefec
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def test_prefect_yaml_entrypoints_load_and_parameters_validate():
+    from prefect.flows import load_flow_from_entrypoint
+
+    from flows.serve import _templated, params_model
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    names = set()
+    for dep in spec["deployments"]:
+        flow = load_flow_from_entrypoint(str(REPO / dep["entrypoint"]))
+        names.add(flow.name)
+        model = params_model(flow)
+        if "parameters" in dep:
+            model(**dep["parameters"]["params"])
+        for trig in dep.get("triggers", []):
+            assert trig["expect"] == ["vetset.audit.completed"] and trig["match"]["vetset.alert"] == "true"
+            assert set(trig["parameters"]["params"]) <= set(model.model_fields)
+            assert any(_templated(v) for v in trig["parameters"]["params"].values())
+        for sched in dep.get("schedules", []):
+            from prefect.client.schemas.schedules import CronSchedule
+
+            CronSchedule(cron=sched["cron"])
+    assert names == {"audit", "curate-then-train", "train"}
