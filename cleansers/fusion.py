@@ -14,9 +14,15 @@ Threshold logic (the defaults: ``min_votes=1``, ``needs_agreement=("spectral",
   clustering flag a fixed share of classes by design, ABL flags the expected dirty rate of
   the rows, dirty or not) count only when at least ``agreement_votes`` detectors (of any kind)
   fired on the row;
+- the agreement asked of quota detectors is capped by how many detectors ran:
+  ``agreement = min(agreement_votes, number of detectors that ran)``. An audit that ran a
+  single quota detector (``--detectors abl``, say) therefore keeps that detector's own
+  decision, as the user asked for nothing else; with two or more detectors a lone quota
+  flag stays out (it is a fixed share of the rows, dirty or not, so on clean data it would be
+  nothing but false positives);
 - ``dirty_score = max(min_votes-th largest calibrated score among specialists,
-  agreement_votes-th largest among all detectors)``, so ``flagged = dirty_score >= 0.5``
-  means exactly "``min_votes`` specialists fired, or ``agreement_votes`` detectors did";
+  agreement-th largest among all detectors)``, so ``flagged = dirty_score >= 0.5``
+  means exactly "``min_votes`` specialists fired, or ``agreement`` detectors did";
 - unreadable rows get ``dirty_score = 1`` and the reason ``unreadable``;
 - ``reasons`` names, for flagged rows, the detectors that fired, most confident first;
 - ``suggested_label`` comes from the first detector (in the given order) that fired on a
@@ -92,8 +98,8 @@ def fuse(ds: ImageDataset, results: list[DetectorResult], config: FusionConfig |
         frame[f"{r.name}_flag"] = r.flag
         calibrated.append(np.nan_to_num(calibrate(r), nan=0.0))
     specialists = [c for c, r in zip(calibrated, results) if r.name not in config.needs_agreement]
-    dirty = np.maximum(_kth_largest(specialists, config.min_votes, n),
-                       _kth_largest(calibrated, max(config.agreement_votes, config.min_votes), n))
+    agreement = min(max(config.agreement_votes, config.min_votes), max(len(results), 1))
+    dirty = np.maximum(_kth_largest(specialists, config.min_votes, n), _kth_largest(calibrated, agreement, n))
     dirty = np.where(ds.unreadable, 1.0, dirty)
     frame["dirty_score"] = dirty
     frame["flagged"] = dirty >= 0.5

@@ -80,3 +80,19 @@ def test_quota_detectors_count_only_with_agreement():
     assert (f["dirty_score"][[0, 2]] >= 0.5).all() and (f["dirty_score"][[1, 3]] < 0.5).all()
     union = fuse(ds, [agpd, spectral, ac], FusionConfig(needs_agreement=()))
     assert union["flagged"].tolist() == [True, True, True, False]
+
+
+def test_a_lone_quota_detector_keeps_its_own_decision():
+    """An audit that ran only ABL (a quota detector) flags what ABL flagged; once a second
+    detector ran, a lone quota flag needs agreement again."""
+    ds = _ds(4)
+    abl = DetectorResult("abl", [0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0])
+    alone = fuse(ds, [abl])
+    assert alone["flagged"].tolist() == [True, True, False, False]
+    assert alone["reasons"].tolist() == ["abl", "abl", "", ""]
+    spectral = DetectorResult("spectral", [0.9, 0.1, 0.1, 0.8], [1, 0, 0, 1])
+    both = fuse(ds, [abl, spectral])
+    assert both["flagged"].tolist() == [True, False, False, False]
+    agpd = DetectorResult("agpd", [0.1, 0.1, 0.9, 0.1], [0, 0, 1, 0])
+    assert fuse(ds, [abl, agpd])["flagged"].tolist() == [False, False, True, False]
+    assert fuse(ds, [abl], FusionConfig(agreement_votes=3))["flagged"].tolist() == [True, True, False, False]
