@@ -8,7 +8,7 @@ with 10 images; STRIP's false acceptance at 1% false rejection.
 
     python benchmarks/purify.py --device cuda --out purify_gpu.json
 
-CPU (``--cpu-slice 6000``): a class-balanced 6,000-row slice, BadNets (3x3 patch) on 5% of
+CPU (``--cpu-slice 6000``): a class-balanced 6,000-row slice, BadNets (7x7 patch) on 5% of
 it, the small CNN with the cpu_small recipe, 2,000 test rows, and the methods with the
 short schedules in CPU_OPTIONS (printed and recorded):
 
@@ -94,7 +94,10 @@ def main() -> None:
     arch, recipe = ("small_cnn", "cpu_small") if cpu else ("preact_resnet18", "fast")
     results = []
     for attack in attacks:
-        sim = simulate(train_all, SimulationSpec(attack=attack, poison_rate=rate, seed=args.seed))
+        # CPU: a 7x7 patch (~5% of a 32x32 image); a 3x3 patch on 5% of 6,000 rows gave no clear
+        # backdoor in 8 small-CNN epochs (CA 64.1%, ASR 15.9%)
+        params = {"size": 7} if (cpu and attack == "badnets") else {}
+        sim = simulate(train_all, SimulationSpec(attack=attack, poison_rate=rate, seed=args.seed, attack_params=params))
         clean_rows = np.flatnonzero(~sim.truth["is_poisoned"].to_numpy())
         clean_pool = train_all.subset(clean_rows)  # the original pixels and labels of unpoisoned rows
         n_clean = int(round(args.clean_frac * len(train_all)))
