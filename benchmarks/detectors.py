@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cleansers  # noqa: E402,F401  (registers the detectors)
+from cleansers import DEFAULT_DETECTORS  # noqa: E402
 from cleansers.audit import run_audit  # noqa: E402
 from cleansers.base import AuditContext  # noqa: E402
 from cleansers.fusion import FusionConfig  # noqa: E402
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="folder with train.parquet (and test.parquet)")
     p.add_argument("--rows", type=int, default=0, help="class-balanced slice of the train set (0 = all)")
     p.add_argument("--scenarios", default="badnets,blended,sig,wanet,hybrid")
-    p.add_argument("--detectors", default="agpd,spectral,activation_clustering,confident")
+    p.add_argument("--detectors", default=",".join(DEFAULT_DETECTORS), help="default: cleansers.DEFAULT_DETECTORS")
     p.add_argument("--poison-rate", type=float, default=0.1)
     p.add_argument("--noise-rate", type=float, default=0.1)
     p.add_argument("--device", default="auto")

@@ -12,6 +12,12 @@ lowest-loss rows; by default the audit's expected dirty rate (``ctx.expected_dir
 0.1 unless the user says otherwise), because as a detector we want to catch the dirty rows,
 not only isolate the 1% that ABL itself unlearns (set ``isolation_ratio=0.01`` for that).
 
+In the fusion ABL is a *quota* detector (it flags a fixed share of the rows, dirty or not,
+so on clean data every flag is a false positive): next to other detectors its flag counts
+only where another detector agrees, and an audit that ran ABL alone keeps ABL's own flags
+(cleansers/fusion.py). A data-driven threshold (a gap in the loss distribution) was not
+adopted: the fixed ratio is the published behaviour and tests/test_trainers.py pins it.
+
 Published as a detector at 10% BadNets: TPR 89.74 / FPR 1.14 (specs/detectors.md); weak
 against dynamic triggers (WaNet, Input-Aware).
 """
