@@ -90,8 +90,9 @@ def main() -> None:
             equal = all(np.array_equal(a[f"{d}_score"], b[f"{d}_score"], equal_nan=True) for d in detectors)
             rows.append({"rows": n, "thread_s": round(out["thread"], 1), "dask_2_workers_s": round(out["dask"], 1),
                          "scores_equal": equal, "flags_equal": bool((a["flagged"] == b["flagged"]).all())})
-    for r in rows:
-        print(json.dumps(r))
+        for r in rows:
+            print(json.dumps(r), flush=True)
+        rows.clear()
 
 
 if __name__ == "__main__":

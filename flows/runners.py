@@ -21,7 +21,7 @@ def make_task_runner(kind: str, *, workers: int | None = None, dask_address: str
         if dask_address:
             return DaskTaskRunner(address=dask_address)
         kwargs: dict[str, Any] = {"n_workers": workers or 2, "threads_per_worker": 1, "processes": True,
-                                  "dashboard_address": None}
+                                  "dashboard_address": ":0"}
         if gpu:
             kwargs["resources"] = {"GPU": 1}
         return DaskTaskRunner(cluster_kwargs=kwargs)
@@ -39,6 +39,27 @@ def resources(kind: str, gpu: bool) -> Iterator[None]:
             yield
     else:
         yield
+
+
+@contextlib.contextmanager
+def _api_url_for_local_workers(local: bool) -> Iterator[None]:
+    """In Prefect's ephemeral mode (no PREFECT_API_URL), LocalCluster workers would each start
+    their own temporary server; point them, through the environment they inherit, at the one
+    this flow run uses."""
+    import os
+
+    if not local or os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url).rstrip("/")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
 
 
 def wants_gpu(device: str) -> bool:
@@ -66,7 +87,8 @@ class LazyRunner:
     def get(self) -> Any:
         if self._runner is None:
             runner = make_task_runner(self.kind, workers=self.workers, dask_address=self.dask_address, gpu=self.gpu)
-            self._runner = runner.__enter__()
+            with _api_url_for_local_workers(self.kind == "dask" and not self.dask_address):
+                self._runner = runner.__enter__()
         return self._runner
 
     def close(self) -> None:

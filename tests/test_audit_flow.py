@@ -64,7 +64,8 @@ def test_audit_flow_writes_the_contract(prefect_harness, poisoned_cifar, tmp_pat
     assert not list(out.glob(".*.tmp"))
 
     kinds = {a["key"]: a["type"] for a in _artifacts(state.state_details.flow_run_id)}
-    assert kinds == {"vetset-audit-summary": "markdown", "vetset-top-flagged": "table"}
+    assert kinds == {"vetset-audit-summary": "markdown", "vetset-top-flagged": "table",
+                     "vetset-audit-progress": "progress"}
 
 
 def test_unreadable_rows_flow_through_flagged(prefect_harness, poisoned_cifar, tmp_path):

@@ -69,7 +69,7 @@ def test_serve_trigger_run_read_state_artifacts_and_event(poisoned_cifar, prefec
             events = api.post("/events/filter", json=body).json()["events"]
             return [e for e in events if e["resource"].get("vetset.flow-run-id") == run["id"]]
 
-        (ev,) = _wait(event, 60, "the vetset.audit.completed event")
+        (ev,) = _wait(event, 120, "the vetset.audit.completed event")
         p = ev["payload"]
         assert p["rows"] == 150 and p["flagged"] == 15 and abs(p["flagged_fraction"] - 0.1) < 1e-9
         assert p["alert"] is True and ev["resource"]["vetset.alert"] == "true"
@@ -80,7 +80,7 @@ def test_serve_trigger_run_read_state_artifacts_and_event(poisoned_cifar, prefec
             body = {"deployments": {"id": {"any_": [curate["id"]]}}}
             return api.post("/flow_runs/filter", json=body).json()
 
-        (cur,) = _wait(triggered, 90, "the alert trigger to start curate-then-train")
+        (cur,) = _wait(triggered, 180, "the alert trigger to start curate-then-train")
         params = cur["parameters"]["params"]
         assert params["data"] == str(tmp_path / "d.parquet")
         assert params["scores"] == os.path.join(p["run_dir"], "scores.parquet") and params["epochs"] == 1
