@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import cleansers  # noqa: F401  (registers the detectors)
+from cleansers import DEFAULT_DETECTORS
 from cleansers.agpd import js_divergence, js_stop, robust_z
 from cleansers.base import DETECTORS, AuditContext
 from cleansers.confident import confident_labels, find_label_issues
@@ -22,7 +23,10 @@ from pipelines.metrics import auroc, detection_metrics
 from pipelines.simulate import SimulationSpec, simulate
 from trainers.models import build_model
 
-EPOCHS = 6
+EPOCHS = 6  # the shared detection model (small CNN, 16x16 digits)
+CL_EPOCHS = 4  # confident learning's 3 fold models
+FUSED_CLEAN_FPR = 0.03
+ABL_TPR = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +50,7 @@ def _run(name, sim, ctx, cache, **opts):
 
 def test_all_detectors_registered():
     assert {"agpd", "spectral", "activation_clustering", "confident", "abl"} <= set(DETECTORS.names())
+    assert set(DEFAULT_DETECTORS) <= set(DETECTORS.names())
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -110,14 +115,29 @@ def test_agpd_finds_the_target_class_and_the_poisoned_rows(badnets):
     r = _run("agpd", sim, ctx, cache)
     poisoned = sim.truth["is_poisoned"].to_numpy()
     assert r.info["target_class_ids"] == [0], r.info
+    assert r.info["filtering"]["0"]["stop_rule"] == "midpoint"  # ~350 rows: below js_min_rows
     m = detection_metrics(poisoned, r.flag, r.score)
-    assert m["auroc"] >= 0.95 and m["tpr"] >= 0.8 and m["fpr"] <= 0.03, m
+    # measured: AUROC 0.999, TPR 0.983, FPR 0.009 (177 of 180 poisoned, 15 clean flagged)
+    assert m["auroc"] >= 0.98 and m["tpr"] >= 0.9 and m["fpr"] <= 0.02, m
 
 
-def test_agpd_declares_clean_data_clean(digits):
-    ctx = AuditContext(device="cpu", seed=0)
-    r = run_detector("agpd", digits, ctx, {"epochs": EPOCHS})
-    assert r.info["target_classes"] == [] and r.flag.sum() == 0, r.info
+@pytest.fixture(scope="module")
+def clean_audit(digits):
+    """The default detectors on the clean digits (one context: one model, one set of folds)."""
+    ctx = AuditContext(device="cpu", seed=0, expected_dirty_rate=0.1)
+    opts = {"agpd": {"epochs": EPOCHS}, "confident": {"folds": 3, "epochs": CL_EPOCHS}}
+    return [run_detector(n, digits, ctx, opts[n]) for n in DEFAULT_DETECTORS]
+
+
+def test_agpd_declares_clean_data_clean(clean_audit):
+    r = clean_audit[0]
+    assert r.name == "agpd" and r.info["target_classes"] == [] and r.flag.sum() == 0, r.info
+
+
+def test_default_detectors_keep_the_fused_fpr_low_on_clean_data(digits, clean_audit):
+    frame = fuse(digits, clean_audit)
+    fpr = frame["flagged"].mean()
+    assert fpr <= FUSED_CLEAN_FPR, (fpr, [int(r.flag.sum()) for r in clean_audit])
 
 
 def test_detection_model_is_trained_once_and_shared(badnets):
@@ -150,7 +170,7 @@ def test_spectral_and_activation_clustering_rank_poisoned_rows_high(badnets):
 def test_confident_learning_finds_wrong_labels_and_suggests_the_original(digits):
     sim = simulate(digits, SimulationSpec(noise="symmetric", noise_rate=0.1, seed=2))
     ctx = AuditContext(device="cpu", seed=0)
-    r = run_detector("confident", sim.dataset, ctx, {"folds": 3, "epochs": EPOCHS})
+    r = run_detector("confident", sim.dataset, ctx, {"folds": 3, "epochs": CL_EPOCHS})
     noisy = sim.truth["is_noisy"].to_numpy()
     m = detection_metrics(noisy, r.flag, r.score)
     assert m["auroc"] >= 0.95 and m["tpr"] >= 0.8 and m["fpr"] <= 0.05, m
@@ -158,7 +178,7 @@ def test_confident_learning_finds_wrong_labels_and_suggests_the_original(digits)
     original = sim.truth["original_label"].to_numpy()
     assert (r.suggested_label[caught] == original[caught]).mean() >= 0.9
     assert (r.suggested_label[~r.flag] == -1).all()
-    again = run_detector("confident", sim.dataset, ctx, {"folds": 3, "epochs": EPOCHS})
+    again = run_detector("confident", sim.dataset, ctx, {"folds": 3, "epochs": CL_EPOCHS})
     assert again.info["trained_now"] is False and np.array_equal(again.flag, r.flag)
 
 
@@ -171,3 +191,15 @@ def test_fusion_of_the_detectors_keeps_specialists_and_needs_agreement_for_quota
     assert m["tpr"] >= 0.8 and m["fpr"] <= 0.05, m
     lone_spectral = results[1].flag & ~results[0].flag & ~results[2].flag
     assert not frame["flagged"].to_numpy()[lone_spectral].any()
+
+
+def test_abl_alone_flags_in_the_fusion(badnets):
+    """ABL is a quota detector: with other detectors it needs agreement, but an audit that ran
+    only ABL keeps ABL's own decision (the CLI's ``--detectors abl``)."""
+    sim, ctx, cache = badnets
+    r = _run("abl", sim, ctx, cache, lr=0.1, augment=False)
+    frame = fuse(sim.dataset, [r])
+    assert np.array_equal(frame["flagged"].to_numpy(), r.flag) and r.flag.sum() == round(0.1 * len(r.flag))
+    poisoned = sim.truth["is_poisoned"].to_numpy()
+    m = detection_metrics(poisoned, frame["flagged"].to_numpy(), frame["dirty_score"].to_numpy())
+    assert m["tpr"] >= ABL_TPR, m
