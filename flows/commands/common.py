@@ -17,10 +17,10 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def build_params(model: type[BaseModel], **values: Any) -> Any:
+def build_params(params_model: type[BaseModel], /, **values: Any) -> Any:
     """Validate flow parameters; the first problem becomes a one-line VetsetError."""
     try:
-        return model(**values)
+        return params_model(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(map(str, first["loc"]))
