@@ -27,7 +27,8 @@ class TSBDConfig:
     (``unlearn_max_epochs`` caps it); zero ``zero_frac`` 0.7 of the weights in the top n%
     channels, n swept over ``sweep``; fine-tune 20 epochs SGD lr 0.01 with r 0.05, a 0.7.
     Chosen here: the picked n is the largest whose clean-set accuracy after zeroing stays
-    >= ``keep_acc`` x the original (0.5)."""
+    >= ``keep_acc`` x the original (0.5); when none does, the n with the best clean-set
+    accuracy (never none: that would leave plain fine-tuning)."""
 
     unlearn_lr: float = 1e-4
     unlearn_target_acc: float = 0.10
@@ -104,14 +105,16 @@ def purify_tsbd(model, clean, cfg: TSBDConfig, *, device, seed, log):
 
     # 3. sweep n, pick by clean accuracy
     sweep = []
-    chosen = 0.0
     for top in sorted(cfg.sweep):
         model.load_state_dict(original)
         zero_changed_weights(model, changes, top, cfg.zero_frac)
         acc = clean_accuracy(model, images, labels, device)
         sweep.append({"top": top, "clean_set_acc": acc})
-        if acc >= cfg.keep_acc * acc0:
-            chosen = top
+    kept = [s["top"] for s in sweep if s["clean_set_acc"] >= cfg.keep_acc * acc0]
+    # the largest n that keeps enough clean accuracy; when none does (small nets lose much
+    # accuracy to any zeroing, which the fine-tune restores), the n with the best accuracy.
+    # Never 0: zeroing nothing would leave plain fine-tuning.
+    chosen = max(kept) if kept else max(sweep, key=lambda s: (s["clean_set_acc"], -s["top"]))["top"] if sweep else 0.0
     model.load_state_dict(original)
     n_zeroed = zero_changed_weights(model, changes, chosen, cfg.zero_frac)
     if log:
