@@ -6,13 +6,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 
+def _default_detectors() -> tuple[str, ...]:
+    from cleansers import DEFAULT_DETECTORS
+
+    return DEFAULT_DETECTORS
+
+
 class AuditParams(BaseModel):
     data: str = Field("embedded:digits",
                       description="Parquet file/folder, saved HF dataset, image folder, cached hub name, or embedded:digits")
     truth: str | None = Field(None, description="truth.parquet of a simulated dataset, for metrics")
     plugins: list[str] = Field(default_factory=list,
                                description="modules to import first (they may register more detectors)")
-    detectors: list[str] = Field(default_factory=lambda: ["abl"])
+    detectors: list[str] = Field(default_factory=lambda: list(_default_detectors()))
     detector_options: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                          description="per detector: option -> value")
     out: str | None = Field(None, description="run directory; default runs/<run_id>")

@@ -127,3 +127,17 @@ def prefect_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cwd(tmp_path_factory):
+    """Run every test from a fresh folder, so the default `runs/` (and its score cache) of one
+    test session never leaks into another, nor into the checkout."""
+    import os
+
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    try:
+        yield
+    finally:
+        os.chdir(before)
