@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from pipelines.atomic import atomic_path, atomic_write_json
 from pipelines.errors import VetsetError
 from pipelines.registry import Registry
 
@@ -129,39 +129,6 @@ def _pdb(inner: nn.Module, num_classes: int, value: float = 2.0, size: int = 7, 
     return DefensiveTrigger(inner, num_classes, value=value, size=size, corner=corner, shift=shift)
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, default=_json_default)
-            f.write("\n")
-
-    _atomic_write(path, write)
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 def _wrapper_spec(wrapper: Any) -> dict | None:
     if wrapper is None:
         return None
@@ -216,8 +183,9 @@ def save_model(model: nn.Module, dir: str | os.PathLike, *, arch: str, num_class
         "torch_version": torch.__version__,
         "extra": extra or {},
     }
-    _atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
-    write_json_atomic(config, out / CONFIG_FILE)
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+    atomic_write_json(config, out / CONFIG_FILE)
     return out
 
 

@@ -8,12 +8,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pipelines.atomic import atomic_write_json
 from pipelines.dataset import ImageDataset
 from pipelines.errors import VetsetError
 
 from .evaluate import der, evaluate, load_trigger
 from .loop import TrainConfig, is_main_process, preset as get_preset, resolve_device
-from .saved import save_model, write_json_atomic
+from .saved import save_model
 
 METRICS_FILE = "metrics.json"
 
@@ -153,7 +154,7 @@ def save_run(model, info: dict, metrics: dict, out: str | os.PathLike, *, arch: 
                    extra={"train_config": cfg.to_dict(), "dataset_fingerprint": train_ds.fingerprint,
                           "trigger": trigger_spec, "defense": info.get("defense", "none"),
                           "defense_config": info.get("defense_config", {})})
-        write_json_atomic(metrics, Path(out) / METRICS_FILE)
+        atomic_write_json(metrics, Path(out) / METRICS_FILE)
     return Path(out)
 
 
