@@ -112,11 +112,13 @@ def reverse_trigger(model: nn.Module, images: np.ndarray, target: int, cfg: NCCo
                      seed=seed + target)
     fit(rev, images, np.full(len(images), target, dtype=np.int64), tc,
         TrainHooks(loss_fn=loss_fn, on_epoch_end=end_epoch))
-    if state["best"] is None:  # never reached the success threshold: keep the last trigger
+    reached = state["best"] is not None
+    if not reached:  # never reached the success threshold: keep the last trigger (never flagged)
         state["best"] = (rev.mask().detach().clone(), rev.pattern().detach().clone())
         state["best_norm"] = float(state["best"][0].sum())
     mask, pattern = state["best"]
-    return {"mask": mask, "pattern": pattern, "l1": state["best_norm"], "success": state["last_success"]}
+    return {"mask": mask, "pattern": pattern, "l1": state["best_norm"], "success": state["last_success"],
+            "reached": reached}
 
 
 def detect(model: nn.Module, images: np.ndarray, num_classes: int, cfg: NCConfig, device, seed: int) -> dict:
@@ -132,9 +134,15 @@ def detect(model: nn.Module, images: np.ndarray, num_classes: int, cfg: NCConfig
             p.requires_grad_(flag)
     norms = np.array([t["l1"] for t in triggers])
     index = anomaly_indices(norms)
-    flagged = [int(k) for k in np.flatnonzero((index > cfg.anomaly_threshold) & (norms < np.median(norms)))]
+    # only a class whose reversed trigger reached the success threshold can be the target: a
+    # failed reversal's mask is whatever the optimisation left, its norm says nothing
+    succeeded = np.array([t["reached"] for t in triggers], dtype=bool)
+    flagged = [int(k) for k in np.flatnonzero((index > cfg.anomaly_threshold) & (norms < np.median(norms))
+                                              & succeeded)]
     flagged.sort(key=lambda k: -index[k])
     return {"triggers": triggers, "mask_l1": norms.tolist(), "anomaly_index": index.tolist(),
+            "reverse_success": [float(t["success"]) for t in triggers],
+            "reverse_reached": [bool(t["reached"]) for t in triggers],
             "flagged_classes": flagged, "backdoored": bool(flagged),
             "target_class": flagged[0] if flagged else None,
             "max_anomaly_index": float(index[norms < np.median(norms)].max()) if (norms < np.median(norms)).any() else 0.0}
