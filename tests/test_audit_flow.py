@@ -135,5 +135,6 @@ def test_cli_bad_input_one_line_nonzero_nothing_written(tmp_path, poisoned_cifar
 def test_cli_rejects_unknown_detector_and_option(tmp_path, poisoned_cifar):
     proc = _vetset("audit", "--data", poisoned_cifar["data"], "--detectors", "abl,nosuch", cwd=tmp_path)
     assert proc.returncode == 2 and "unknown detector(s) nosuch" in proc.stderr
-    proc = _vetset("audit", "--data", poisoned_cifar["data"], "--set", "abl.nonsense=1", cwd=tmp_path)
+    proc = _vetset("audit", "--data", poisoned_cifar["data"], "--detectors", "abl", "--set", "abl.nonsense=1",
+                   cwd=tmp_path)
     assert proc.returncode == 2 and "abl.nonsense: unknown option" in proc.stderr

@@ -18,8 +18,8 @@ def _small(poisoned_cifar, tmp_path):
 
 
 def _run_cli(data, out, env, cwd):
-    return subprocess.run([sys.executable, "-m", "flows", "audit", "--data", data, "--set", "abl.epochs=2",
-                           "--out", str(out)], env=env, capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run([sys.executable, "-m", "flows", "audit", "--data", data, "--detectors", "abl",
+                           "--set", "abl.epochs=2", "--out", str(out)], env=env, capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 def test_ephemeral_mode_without_any_server(tmp_path, poisoned_cifar):
