@@ -59,3 +59,17 @@ def atomic_write_table(table: pa.Table, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return Path(path)
+
+
+def read_json(path: str | os.PathLike, missing: str) -> Any:
+    """Read a JSON file; a missing file raises VetsetError(``missing``), a malformed one a
+    one-line VetsetError naming the file."""
+    from .errors import VetsetError
+
+    path = Path(path)
+    if not path.is_file():
+        raise VetsetError(missing)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VetsetError(f"{path} is not valid JSON: {exc}") from None

@@ -6,15 +6,14 @@ images still given their true label.
 """
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from torch import nn
 
 from pipelines.dataset import ImageDataset
+from pipelines.atomic import read_json
 from pipelines.errors import VetsetError
 
 from .loop import predict_logits
@@ -24,13 +23,7 @@ TriggerFn = Callable[[np.ndarray], np.ndarray]
 
 def load_trigger(path: str | os.PathLike) -> dict:
     """Read a trigger.json spec ({"attack", "target", "params", "seed"})."""
-    path = Path(path)
-    if not path.is_file():
-        raise VetsetError(f"trigger file not found: {path}")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VetsetError(f"{path} is not valid JSON: {exc}") from None
+    spec = read_json(path, f"trigger file not found: {path}")
     if not isinstance(spec, dict) or "attack" not in spec or "target" not in spec:
         raise VetsetError(f"{path}: a trigger spec needs 'attack' and 'target'")
     return spec

@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from pipelines.atomic import atomic_path, atomic_write_json
+from pipelines.atomic import atomic_path, atomic_write_json, read_json
 from pipelines.errors import VetsetError
 from pipelines.registry import Registry
 
@@ -191,12 +191,7 @@ def save_model(model: nn.Module, dir: str | os.PathLike, *, arch: str, num_class
 
 def read_config(dir: str | os.PathLike) -> dict:
     path = Path(dir) / CONFIG_FILE
-    if not path.is_file():
-        raise VetsetError(f"not a saved vetset model (no {CONFIG_FILE}): {dir}")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VetsetError(f"{path} is not valid JSON: {exc}") from None
+    config = read_json(path, f"not a saved vetset model (no {CONFIG_FILE}): {dir}")
     if config.get("format") != FORMAT:
         raise VetsetError(f"{path} is not a {FORMAT} config")
     if int(config.get("format_version", 0)) > FORMAT_VERSION:
