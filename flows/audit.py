@@ -18,6 +18,7 @@ from cleansers.audit import read_truth, write_outputs
 from cleansers.base import AuditContext, DetectorResult
 from cleansers.fusion import FusionConfig, fuse
 from pipelines.dataset import ImageDataset
+from pipelines.errors import VetsetError
 from pipelines.loaders import LoadOptions, load_dataset
 from pipelines.outputs import RunPaths, new_run_id
 from pipelines.report import METRIC_HEADER, metrics_rows, render_report, summary_rows
@@ -51,6 +52,26 @@ def load_task(params: AuditParams) -> ImageDataset:
     get_run_logger().info("loaded %d rows (%d unreadable, %d resized) from %s", len(ds), ds.stats.n_unreadable,
                           ds.stats.n_resized, params.data)
     return ds
+
+
+@task(name="load-trusted")
+def load_trusted_task(params: AuditParams, ds: ImageDataset) -> ImageDataset:
+    trusted = load_trusted(params, ds)
+    get_run_logger().info("trusted set: %d rows from %s", len(trusted), params.trusted)
+    return trusted
+
+
+def load_trusted(params: AuditParams, ds: ImageDataset | None = None) -> ImageDataset:
+    """The trusted clean set, with the dataset's class names and image size (else an error)."""
+    trusted = load_dataset(params.trusted, load_options(params))
+    if ds is not None and trusted.class_names != ds.class_names:
+        raise VetsetError(f"--trusted {params.trusted}: its classes ({', '.join(trusted.class_names[:5])}...) differ "
+                          f"from the dataset's ({', '.join(ds.class_names[:5])}...)")
+    if ds is not None and trusted.image_size != ds.image_size:
+        opts = load_options(params)
+        opts.image_size = ds.image_size
+        trusted = load_dataset(params.trusted, opts)
+    return trusted
 
 
 @task(name="fuse")
@@ -99,7 +120,8 @@ def audit_flow(params: AuditParams = AuditParams()) -> AuditSummary:
     start = time.perf_counter()
     ds = load_task(params)
     timings = {"load": time.perf_counter() - start}
-    ctx = AuditContext(device=params.device, seed=params.seed, expected_dirty_rate=params.expected_dirty_rate)
+    ctx = AuditContext(device=params.device, seed=params.seed, expected_dirty_rate=params.expected_dirty_rate,
+                       trusted=load_trusted_task(params, ds) if params.trusted else None)
     cache_dir = Path(params.cache_dir) if params.cache_dir else default_cache_dir(params.runs_root)
     results = []
     runner = LazyRunner(params.task_runner, workers=params.workers, dask_address=params.dask_address,

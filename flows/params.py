@@ -16,6 +16,8 @@ class AuditParams(BaseModel):
     data: str = Field("embedded:digits",
                       description="Parquet file/folder, saved HF dataset, image folder, cached hub name, or embedded:digits")
     truth: str | None = Field(None, description="truth.parquet of a simulated dataset, for metrics")
+    trusted: str | None = Field(None, description="a small clean set (same classes), the reference rows of "
+                                                  "AGPD and activation clustering")
     plugins: list[str] = Field(default_factory=list,
                                description="modules to import first (they may register more detectors)")
     detectors: list[str] = Field(default_factory=lambda: list(_default_detectors()))

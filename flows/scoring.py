@@ -93,9 +93,14 @@ class Scorer:
         self.upstream.append(result.info.get("cache_key", name))
         return result
 
+    def _data_key(self) -> str:
+        """What a model-based result depends on: the dataset, and the trusted set when given."""
+        trusted = self.ctx.trusted
+        return self.ds.fingerprint if trusted is None else f"{self.ds.fingerprint}+trusted:{trusted.fingerprint}"
+
     def _whole(self, name: str, options: dict) -> DetectorResult:
         p = self.params
-        key = whole_key(detector_key(name, build_detector(name, options)), self.ds.fingerprint, p.seed,
+        key = whole_key(detector_key(name, build_detector(name, options)), self._data_key(), p.seed,
                         p.expected_dirty_rate, self.upstream)
         if p.cache:
             runnable = whole_task.with_options(result_storage=result_storage(self.cache_dir / "whole"),
@@ -125,7 +130,7 @@ class Scorer:
         if detector.row_independent:
             store, key = RowStore(self.cache_dir / "rows" / det_key), det_key
         else:  # sharded but model-based: the shards serve resuming this dataset only
-            key = whole_key(det_key, ds.fingerprint, p.seed, p.expected_dirty_rate, self.upstream)
+            key = whole_key(det_key, self._data_key(), p.seed, p.expected_dirty_rate, self.upstream)
             store = RowStore(self.cache_dir / "whole" / key / "rows")
         keys = row_keys(view)
         if p.cache and not p.refresh_cache:

@@ -377,3 +377,20 @@ def validate_source(source: str | os.PathLike, options: LoadOptions | None = Non
                                                                  options.label_column)
     ids = table.column(options.id_column).to_pylist() if options.id_column in table.schema.names else list(map(str, range(table.num_rows)))
     _check_labels(table.column(options.label_column).to_pylist(), class_names, [str(i) for i in ids])
+
+
+def peek_class_names(source: str | os.PathLike, options: LoadOptions | None = None) -> list[str] | None:
+    """The class names of ``source`` when they can be read without decoding images (Parquet
+    schema metadata, or the sub-folders of an image folder); None otherwise."""
+    options = options or LoadOptions()
+    if options.class_names:
+        return list(options.class_names)
+    source = str(source)
+    if _matches_parquet(source):
+        files = _parquet_files(Path(source))
+        return class_names_from_metadata(pq.read_schema(files[0]).metadata, options.label_column) if files else None
+    if _matches_image_folder(source):
+        return [d.name for d in _class_dirs(Path(source))]
+    if _matches_embedded(source):
+        return [str(i) for i in range(10)]
+    return None

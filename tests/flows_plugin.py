@@ -73,3 +73,18 @@ class BrokenRows(_RowMean):
         if self.config.broken in set(np.asarray(rows).tolist()):
             raise RuntimeError("this shard always fails")
         return super().score_rows(data, rows, ctx, state)
+
+
+@DETECTORS.register("trusted_probe")
+class TrustedProbe(Detector):
+    """Test-only: scores each row by its distance to the trusted set's mean image, so a test
+    can see that ``--trusted`` reached the detectors (and how many rows it had)."""
+
+    name = "trusted_probe"
+
+    def score(self, data, ctx):
+        assert ctx.trusted is not None, "no trusted set in the context"
+        centre = ctx.trusted.images.reshape(len(ctx.trusted), -1).mean(0)
+        dist = np.abs(data.images.reshape(len(data), -1) - centre).mean(1)
+        return DetectorResult(self.name, dist, dist > np.quantile(dist, 0.9),
+                              info={"n_trusted": len(ctx.trusted), "trusted_classes": ctx.trusted.class_names})

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO
+from conftest import REPO, cifar_slice
 
 FAST_ABL = {"abl": {"epochs": 4}}
 
@@ -138,3 +138,31 @@ def test_cli_rejects_unknown_detector_and_option(tmp_path, poisoned_cifar):
     proc = _vetset("audit", "--data", poisoned_cifar["data"], "--detectors", "abl", "--set", "abl.nonsense=1",
                    cwd=tmp_path)
     assert proc.returncode == 2 and "abl.nonsense: unknown option" in proc.stderr
+
+
+def test_trusted_set_reaches_the_detectors_and_keys_the_cache(prefect_harness, poisoned_cifar, tmp_path, cifar_dir):
+    from flows.audit import audit_flow
+    from flows.params import AuditParams
+
+    pq.write_table(cifar_slice(40, "test"), tmp_path / "trusted.parquet")
+    base = dict(data=poisoned_cifar["data"], detectors=["trusted_probe"], plugins=["flows_plugin"],
+                cache_dir=str(tmp_path / "cache"))
+    audit_flow(AuditParams(**base, trusted=str(tmp_path / "trusted.parquet"), out=str(tmp_path / "a")))
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    probe = manifest["detectors"]["trusted_probe"]
+    assert probe["n_trusted"] == 40 and probe["trusted_classes"][0] == "airplane"
+    # another trusted set is another model-based result: not served from the first one's cache
+    pq.write_table(cifar_slice(20, "test", offset=1), tmp_path / "trusted2.parquet")
+    audit_flow(AuditParams(**base, trusted=str(tmp_path / "trusted2.parquet"), out=str(tmp_path / "b")))
+    probe2 = json.loads((tmp_path / "b" / "manifest.json").read_text())["detectors"]["trusted_probe"]
+    assert probe2["n_trusted"] == 20 and probe2["rows_reused"] == 0
+
+
+def test_cli_rejects_a_trusted_set_with_other_classes(tmp_path, poisoned_cifar):
+    pq.write_table(pa.table({"image": pq.read_table(poisoned_cifar["data"]).column("image").slice(0, 5),
+                             "label": pa.array([0, 1, 0, 1, 0], pa.int64())}), tmp_path / "t.parquet")
+    proc = _vetset("audit", "--data", poisoned_cifar["data"], "--trusted", str(tmp_path / "t.parquet"),
+                   "--detectors", "outlier", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 2 and "--trusted" in proc.stderr and "differ" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith("vetset: error:")
+    assert not (tmp_path / "out").exists()

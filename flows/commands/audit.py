@@ -54,6 +54,8 @@ def run_audit_cli(params) -> Any:
     validate_source(params.data, load_options(params))
     if params.truth:
         read_truth(params.truth)
+    if params.trusted:
+        _check_trusted(params)
     logging_quiet.install()
     summary = audit_flow(params)
     print(f"rows: {summary.rows}  flagged: {summary.flagged}  unreadable: {summary.unreadable}")
@@ -67,11 +69,27 @@ def run_audit_cli(params) -> Any:
     return summary
 
 
+def _check_trusted(params) -> None:
+    """Before the flow starts: the trusted set must load and, where the class names can be
+    read cheaply, have the dataset's classes (the flow checks again after loading)."""
+    from pipelines.loaders import peek_class_names, validate_source
+
+    from ..audit import load_options, load_trusted
+
+    validate_source(params.trusted, load_options(params))
+    names = peek_class_names(params.data, load_options(params))
+    trusted = load_trusted(params)
+    if names is not None and trusted.class_names != names:
+        raise VetsetError(f"--trusted {params.trusted}: its classes ({', '.join(trusted.class_names[:5])}...) "
+                          f"differ from the dataset's ({', '.join(names[:5])}...)")
+
+
 def audit_params(args: argparse.Namespace) -> Any:
     from ..params import AuditParams
 
     detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
-    params = build_params(AuditParams, data=args.data, truth=args.truth, detectors=detectors,
+    params = build_params(AuditParams, data=args.data, truth=args.truth, trusted=getattr(args, "trusted", None),
+                          detectors=detectors,
                           detector_options=parse_sets(args.set or []), out=args.out, device=args.device,
                           seed=args.seed, min_votes=args.min_votes, expected_dirty_rate=args.expected_dirty_rate,
                           **run_options(args))
@@ -124,6 +142,8 @@ def add_detector_arguments(sp: argparse.ArgumentParser, default: str | None = No
 def _audit_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--data", required=True, help="dataset path, cached hub name, or embedded:digits")
     sp.add_argument("--truth", help="truth.parquet of a simulated dataset (for metrics)")
+    sp.add_argument("--trusted", help="a small clean set with the same classes (AGPD's and AC's reference rows; "
+                                      "without it they use each class's mid-confidence rows)")
     add_detector_arguments(sp)
     sp.add_argument("--out", help="run directory (default runs/<run_id>)")
 
