@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, cifar_slice
+from conftest import cifar_slice
 
 FAST_ABL = {"abl": {"epochs": 4}}
 
