@@ -87,6 +87,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc, timeout: float) -> None:
+    """Ask a child process to stop; kill it if it has not within ``timeout`` seconds."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """A real `prefect server start` on 127.0.0.1 and a free port, with its own PREFECT_HOME.
@@ -121,11 +132,7 @@ def prefect_server(tmp_path_factory):
     try:
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 20)
         log.close()
 
 

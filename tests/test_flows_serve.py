@@ -12,7 +12,7 @@ import httpx
 import pyarrow.parquet as pq
 import yaml
 
-from conftest import REPO
+from conftest import REPO, stop_process
 
 
 def _wait(fn, timeout, what):
@@ -85,11 +85,7 @@ def test_serve_trigger_run_read_state_artifacts_and_event(poisoned_cifar, prefec
         assert params["data"] == str(tmp_path / "d.parquet")
         assert params["scores"] == os.path.join(p["run_dir"], "scores.parquet") and params["epochs"] == 1
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 30)
         log.close()
 
 
