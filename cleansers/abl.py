@@ -30,7 +30,8 @@ import numpy as np
 
 from pipelines.dataset import ImageDataset
 from trainers.augment import AugmentConfig
-from trainers.loop import TrainConfig, TrainHooks, fit, flooding_loss, per_sample_loss
+from trainers.defenses.abl import isolate, train_isolation_model
+from trainers.loop import TrainConfig
 from trainers.models import build_model
 from trainers.train import channel_stats
 
@@ -95,8 +96,8 @@ class ABLDetector(Detector):
         device = c.device or ctx.device
         mean, std = channel_stats(data.images)
         model = build_model(c.model, data.num_classes, data.image_size, mean, std, seed=ctx.seed)
-        hooks = TrainHooks(loss_fn=flooding_loss(c.gamma, c.loss_form))
-        result = fit(model, data.images, data.labels, self.train_config(ctx.seed, device), hooks=hooks)
+        result = train_isolation_model(model, data.images, data.labels, self.train_config(ctx.seed, device),
+                                       gamma=c.gamma, loss_form=c.loss_form)
         ctx.model_cache[key] = result.model
         last = result.history[-1] if result.history else {}
         return result.model, {"cached": False, "train_seconds": result.seconds,
@@ -109,18 +110,14 @@ class ABLDetector(Detector):
             return DetectorResult(self.name, np.zeros(0), np.zeros(0, bool))
         model, info = self.trained_model(data, ctx)
         t0 = time.perf_counter()
-        losses = per_sample_loss(model, data.images, data.labels, c.eval_batch_size).astype(np.float64)
         ratio = ctx.expected_dirty_rate if c.isolation_ratio is None else c.isolation_ratio
-        if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"abl: isolation_ratio must be in [0, 1], got {ratio}")
-        k = int(round(ratio * n))
-        order = np.argsort(losses, kind="stable")
+        isolated, losses = isolate(model, data.images, data.labels, ratio, c.eval_batch_size)
         flag = np.zeros(n, dtype=bool)
-        flag[order[:k]] = True
+        flag[isolated] = True
         info.update({
             "isolation_ratio": ratio,
-            "n_flagged": k,
-            "loss_threshold": float(losses[order[k - 1]]) if k else None,
+            "n_flagged": len(isolated),
+            "loss_threshold": float(losses[isolated].max()) if len(isolated) else None,
             "median_loss": float(np.median(losses)),
             "score_seconds": time.perf_counter() - t0,
         })
