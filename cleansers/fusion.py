@@ -7,9 +7,9 @@ Threshold logic (the defaults: ``min_votes=1``, ``needs_agreement=("spectral",
   detector flagged occupy (0.5, 1] and the rest [0, 0.5): a row's calibrated score is >= 0.5
   exactly when that detector fired, and it orders rows by the detector's own score;
 - the detectors are of two kinds. *Specialists* with their own calibrated decision (AGPD,
-  confident learning, VDC, and any detector not named in ``needs_agreement``) may flag a row
-  alone: one vote is the default because they see different dirt (VDC and confident learning
-  see wrong labels, AGPD sees triggers), and requiring agreement would lose each one's
+  SentiNet, confident learning, VDC, and any detector not named in ``needs_agreement``) may
+  flag a row alone: one vote is the default because they see different dirt (VDC and
+  confident learning see wrong labels, AGPD and SentiNet see triggers), and requiring agreement would lose each one's
   unique catches. *Quota* detectors (``needs_agreement``: spectral signatures and activation
   clustering flag a fixed share of classes by design, ABL flags the expected dirty rate of
   the rows, dirty or not) count only when at least ``agreement_votes`` detectors (of any kind)

@@ -18,6 +18,7 @@ from cleansers.confident import confident_labels, find_label_issues
 from cleansers.detection_model import activation_gradients, main_path_convs, stratified_folds
 from cleansers.fusion import fuse
 from cleansers.run import run_detector
+from cleansers.sentinet import window_positions
 from pipelines.embedded import load_digits_rgb
 from pipelines.metrics import auroc, detection_metrics
 from pipelines.simulate import SimulationSpec, simulate
@@ -125,7 +126,7 @@ def test_agpd_finds_the_target_class_and_the_poisoned_rows(badnets):
 def clean_audit(digits):
     """The default detectors on the clean digits (one context: one model, one set of folds)."""
     ctx = AuditContext(device="cpu", seed=0, expected_dirty_rate=0.1)
-    opts = {"agpd": {"epochs": EPOCHS}, "confident": {"folds": 3, "epochs": CL_EPOCHS}}
+    opts = {"agpd": {"epochs": EPOCHS}, "confident": {"folds": 3, "epochs": CL_EPOCHS}, "sentinet": {"epochs": EPOCHS}}
     return [run_detector(n, digits, ctx, opts[n]) for n in DEFAULT_DETECTORS]
 
 
@@ -138,6 +139,32 @@ def test_default_detectors_keep_the_fused_fpr_low_on_clean_data(digits, clean_au
     frame = fuse(digits, clean_audit)
     fpr = frame["flagged"].mean()
     assert fpr <= FUSED_CLEAN_FPR, (fpr, [int(r.flag.sum()) for r in clean_audit])
+
+
+def test_window_positions_cover_the_edges():
+    assert window_positions(8, 8, 4, 2) == [(r, c) for r in (0, 2, 4) for c in (0, 2, 4)]
+    assert window_positions(7, 5, 4, 2)[-1] == (3, 1)  # flush with the bottom-right corner
+
+
+def test_sentinet_finds_the_patch_trigger_rows_and_their_window(badnets):
+    sim, ctx, cache = badnets
+    poisoned = sim.truth["is_poisoned"].to_numpy()
+    r = _run("sentinet", sim, ctx, cache)
+    m = detection_metrics(poisoned, r.flag, r.score)
+    # measured (digits 16x16, 4x4 windows, the shared 6-epoch small CNN): TPR 1.0, FPR 0,
+    # AUROC 1.0 with either way of locating the region
+    assert m["tpr"] >= 0.95 and m["fpr"] <= 0.005 and m["auroc"] >= 0.99, m
+    assert list(r.info["flagged_per_class"]) == ["0"]
+    top = r.info["top_windows"][0]  # the 3x3 patch sits in the bottom-right corner
+    assert top["top"] + top["size"] == 16 and top["left"] + top["size"] == 16, r.info["top_windows"]
+    assert r.info["model"]["trained_now"] is False or "agpd" not in cache
+    occl = run_detector("sentinet", sim.dataset, ctx, {"epochs": EPOCHS, "locate": "occlusion"})
+    assert detection_metrics(poisoned, occl.flag)["tpr"] >= 0.95
+
+
+def test_sentinet_flags_almost_nothing_on_clean_data(clean_audit):
+    r = next(r for r in clean_audit if r.name == "sentinet")
+    assert r.flag.mean() <= 0.005, r.info  # measured: 1 row of 1,797
 
 
 def test_detection_model_is_trained_once_and_shared(badnets):
@@ -183,6 +210,11 @@ def test_confident_learning_finds_wrong_labels_and_suggests_the_original(digits)
     assert (r.suggested_label[~r.flag] == -1).all()
     again = run_detector("confident", sim.dataset, ctx, {"folds": 3, "epochs": CL_EPOCHS})
     assert again.info["trained_now"] is False and np.array_equal(again.flag, r.flag)
+    assert r.info["withheld"] is False and r.info["issues_found"] == r.flag.sum()
+    # the reliability gate: below min_accuracy the scores stay and the flags are withheld
+    gated = run_detector("confident", sim.dataset, ctx, {"folds": 3, "epochs": CL_EPOCHS, "min_accuracy": 0.99})
+    assert gated.info["withheld"] is True and gated.info["issues_found"] == r.flag.sum() > 0
+    assert gated.flag.sum() == 0 and np.array_equal(gated.score, r.score)
 
 
 def test_fusion_of_the_detectors_keeps_specialists_and_needs_agreement_for_quotas(badnets):
