@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
               f"audit {total:.1f}s (fused row = whole audit incl. training and writing)", flush=True)
         print(markdown(rows), flush=True)
         for r in result.results:
-            brief = {k: r.info[k] for k in ("target_classes", "rule", "max_z", "reference", "model", "oof_accuracy")
+            brief = {k: r.info[k] for k in ("target_classes", "rule", "max_z", "reference", "model", "oof_accuracy",
+                                                   "withheld", "issues_found", "top_windows", "flagged_per_class")
                      if k in r.info}
             print(f"  {r.name}: {json.dumps(brief, default=str)}", flush=True)
     print("\n" + markdown(all_rows))
