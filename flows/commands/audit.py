@@ -154,15 +154,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _demo_arguments(sp: argparse.ArgumentParser) -> None:
-    # The demo audits with ABL: on the digits (BadNets + label noise) it is the detector that
-    # measured well (docs/benchmarks.md, "Demo"); AGPD + confident learning did not.
-    add_detector_arguments(sp, default="abl")
+    # The demo audits with the default detectors (docs/benchmarks.md, "Demo").
+    add_detector_arguments(sp)
     sp.add_argument("--out", default="runs/demo", help="where the dirty data and the audit go (default runs/demo)")
-
-
-# The demo's ABL setting: the authors' learning rate (0.1), 5 epochs, no augmentation; on the
-# demo data it measured AUROC 0.97 in half the time of the BackdoorBench default (0.91).
-DEMO_ABL = {"lr": 0.1, "epochs": 5, "augment": "false"}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -175,11 +169,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     files = write_demo_dataset(out / "input")
     print(f"dirty dataset: {files['data']}  truth: {files['truth']}")
     args.data, args.truth, args.out = str(files["data"]), str(files["truth"]), str(out / "audit")
-    given = {item.partition("=")[0] for item in (args.set or [])}
-    fast = [f"abl.{k}={v}" for k, v in DEMO_ABL.items() if f"abl.{k}" not in given]
-    if "abl" in args.detectors.split(",") and fast:
-        print(f"demo: ABL isolation with the authors' lr 0.1, 5 epochs, no augmentation ({' '.join(fast)})")
-        args.set = list(args.set or []) + fast
     run_audit_cli(audit_params(args))
     return 0
 
