@@ -10,6 +10,10 @@ CPU here (small CNN, a class-balanced slice, BadNets 3x3 patch on 5% of the rows
     python benchmarks/defenses.py --data ../shared/data/cifar10 --cpu-slice 6000 \\
         --attacks badnets --poison-rate 0.05
 
+``--defenses`` also takes ``abl+audit`` and ``pdb+audit``: the defense given the audit's
+scores table (ABL unlearns the flagged rows; PDB never draws them as defensive rows). The
+audit runs once per attack; its time is counted in every row that used it.
+
 No Prefect: curate runs the plain audit steps (``cleansers.audit.run_audit``) and then
 ``trainers.defenses``' curate defense. Prints a Markdown table beside BackdoorBench's rows
 (measured on the lossless CIFAR-10; the shared copy is JPEG) and, with ``--json PATH``,
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--defense-set", action="append", default=[], metavar="DEFENSE.OPTION=VALUE",
                    help="e.g. abl.isolation_epochs=10; repeatable")
-    p.add_argument("--detectors", default="abl,agpd", help="curate: the audit's detectors")
+    p.add_argument("--detectors", default="", help="curate: the audit's detectors (default: cleansers.DEFAULT_DETECTORS)")
     p.add_argument("--set", dest="detector_set", action="append", default=[], metavar="DETECTOR.OPTION=VALUE")
     p.add_argument("--json", help="write the raw numbers here")
     args = p.parse_args(argv)
@@ -119,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     test = balanced_slice(data / "test.parquet", test_n)
     defense_options = parse_options(args.defense_set)
     detector_options = parse_options(args.detector_set)
+    if not args.detectors:
+        from cleansers import DEFAULT_DETECTORS
+        args.detectors = ",".join(DEFAULT_DETECTORS)
     detectors = [d for d in args.detectors.split(",") if d]
     print(f"device {resolve_device(device)}, model {model}, preset {preset_name} ({cfg.epochs} epochs), "
           f"train {len(train_clean)} rows, test {len(test)} rows, poison rate {args.poison_rate}", flush=True)
@@ -127,22 +134,31 @@ def main(argv: list[str] | None = None) -> int:
     for attack in [a for a in args.attacks.split(",") if a]:
         sim = simulate(train_clean, SimulationSpec(attack=attack, poison_rate=args.poison_rate, seed=args.seed))
         undefended = None
+        audit_cache: dict = {}
         for name in [d for d in args.defenses.split(",") if d]:
-            options = dict(defense_options.get(name, {}))
+            # "abl+audit" / "pdb+audit": the defense given the audit's scores table (abl unlearns
+            # its flagged rows, pdb never draws them as defensive rows); curate always reads it
+            defense, _, plus = name.partition("+")
+            options = dict(defense_options.get(defense, {}))
             t0 = time.perf_counter()
-            audit_seconds = 0.0
-            if name == "curate":
-                frame = curate_scores(sim.dataset, detectors, detector_options, device, args.seed, args.poison_rate)
-                audit_seconds = time.perf_counter() - t0
-                options["scores"] = frame
-            model_out, info = train_defended(sim.dataset, arch=model, cfg=cfg, defense=name, defense_options=options,
-                                             seed=args.seed, log=None)
-            seconds = time.perf_counter() - t0
+            audit_seconds, reused = 0.0, False
+            if defense == "curate" or plus == "audit":
+                reused = "frame" in audit_cache
+                if not reused:
+                    audit_cache["frame"] = curate_scores(sim.dataset, detectors, detector_options, device, args.seed,
+                                                         args.poison_rate)
+                    audit_cache["seconds"] = time.perf_counter() - t0
+                audit_seconds = audit_cache["seconds"]
+                options["scores"] = audit_cache["frame"]
+            model_out, info = train_defended(sim.dataset, arch=model, cfg=cfg, defense=defense,
+                                             defense_options=options, seed=args.seed, log=None)
+            seconds = time.perf_counter() - t0 + (audit_seconds if reused else 0.0)
             r = evaluate(model_out, test, sim.trigger, batch_size=cfg.eval_batch_size)
             row = {"attack": attack, "defense": name, "ca": r["clean_acc"], "asr": r["asr"], "ra": r["ra"],
                    "seconds": seconds, "train_seconds": info["train_seconds"], "audit_seconds": audit_seconds,
                    "n_train": info["n_train"],
-                   "notes": {k: info[k] for k in ("n_isolated", "unlearn_epochs_run", "n_defensive") if k in info}}
+                   "notes": {k: info[k] for k in ("n_isolated", "unlearn_epochs_run", "n_defensive",
+                                                  "n_excluded_from_defensive") if k in info}}
             if "curation" in info:
                 cur = info["curation"]
                 poisoned_ids = set(sim.truth.loc[sim.truth["is_poisoned"], "sample_id"].astype(str))

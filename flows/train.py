@@ -21,6 +21,8 @@ def train_task(params: TrainParams) -> dict:
     options = dict(params.defense_options)
     if params.defense == "curate":
         options.update(scores=params.scores, relabel=params.relabel, min_confidence=params.min_confidence)
+    elif params.defense in ("pdb", "abl") and params.scores:
+        options.update(scores=params.scores)
     return train_and_save(params.data, params.out, test=params.test, model=params.model, preset=params.preset,
                           epochs=params.epochs, batch_size=params.batch_size, lr=params.lr, device=params.device,
                           seed=params.seed, trigger=params.trigger, tta_flip=params.tta_flip, log=logger.info,

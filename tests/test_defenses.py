@@ -35,11 +35,11 @@ def digits_badnets():
     return sim, test
 
 
-def _run(sim, test, defense: str, **options):
+def _run(sim, test, defense: str, epochs: int = EPOCHS, **options):
     from trainers import evaluate, preset
     from trainers.train import train_defended
 
-    cfg = preset("cpu_small", epochs=EPOCHS, device="cpu")
+    cfg = preset("cpu_small", epochs=epochs, device="cpu")
     model, info = train_defended(sim.dataset, arch="small_cnn", cfg=cfg, defense=defense,
                                  defense_options=options, seed=0, log=None)
     return model, info, evaluate(model, test, sim.trigger)
@@ -105,6 +105,32 @@ def test_pdb_defensive_backdoor_overrides_the_attack(digits_badnets, undefended,
         assert torch.allclose(got, expected)
         assert torch.allclose(got, model(x), atol=1e-5)  # same weights as the trained model
         assert not torch.equal(got.argmax(1), inner.argmax(1))  # the wrapper matters
+
+
+def test_pdb_never_draws_flagged_rows_as_defensive_rows(digits_badnets):
+    from trainers.defenses.pdb import defensive_rows
+
+    sim, _ = digits_badnets
+    ds = sim.dataset
+    poisoned = sim.truth["is_poisoned"].to_numpy()
+    drawn = defensive_rows(ds.labels, 10, 0.5, seed=0)
+    assert poisoned[drawn].any()  # an unfiltered draw picks poisoned rows
+    kept = defensive_rows(ds.labels, 10, 0.5, seed=0, allowed=~poisoned)
+    assert not poisoned[kept].any() and len(kept) >= 0.9 * len(drawn)
+    # the defense reads the flags from an audit's scores table (any row order)
+    scores = pd.DataFrame({"sample_id": ds.sample_ids, "flagged": poisoned}).sample(frac=1.0, random_state=1)
+    _, info, _ = _run(sim, digits_badnets[1], "pdb", epochs=1, scores=scores, repeats=1)
+    assert info["n_excluded_from_defensive"] == poisoned.sum() and info["n_defensive"] == 120
+
+
+def test_abl_unlearns_the_scores_tables_flagged_rows_when_given_one(digits_badnets):
+    sim, test = digits_badnets
+    ds = sim.dataset
+    poisoned = sim.truth["is_poisoned"].to_numpy()
+    scores = pd.DataFrame({"sample_id": ds.sample_ids, "flagged": poisoned})
+    _, info, _ = _run(sim, test, "abl", epochs=1, scores=scores, isolation_epochs=1, unlearn_epochs=1)
+    assert info["isolated_by"] == "scores" and info["n_isolated"] == poisoned.sum()
+    assert set(info["isolated_ids"]) == set(ds.sample_ids[poisoned])
 
 
 def test_pdb_cli_saves_a_wrapped_model(poisoned_cifar, tmp_path, capsys):
@@ -196,7 +222,7 @@ def test_vetset_train_lists_defenses_and_rejects_curate_flags_elsewhere(poisoned
     from flows.train import DEFENSES_AVAILABLE
 
     assert set(DEFENSES_AVAILABLE) >= {"none", "abl", "pdb", "curate"}
-    assert run(["train", "--data", poisoned_cifar["data"], "--defense", "abl", "--scores", "x.parquet",
+    assert run(["train", "--data", poisoned_cifar["data"], "--defense", "none", "--scores", "x.parquet",
                 "--out", str(tmp_path / "m")]) == 2
-    assert "apply to --defense curate only" in capsys.readouterr().err
+    assert "--scores applies to --defense curate (rows to drop), pdb" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()

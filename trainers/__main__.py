@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--pretrained", help="local weights file (.safetensors or .pt state dict)")
     t.add_argument("--tta-flip", action="store_true", help="average logits with the mirrored image at test time")
     t.add_argument("--defense", default="none", help="in-training defense: none, abl, pdb, curate")
-    t.add_argument("--scores", help="curate: the audit's scores.parquet (flagged rows are dropped)")
+    t.add_argument("--scores", help="curate: the audit's scores.parquet (flagged rows are dropped); "
+                                    "pdb: its flagged rows are never drawn as defensive rows; "
+                                    "abl: its flagged rows are the ones unlearned")
     t.add_argument("--relabel", action="store_true",
                    help="curate: give flagged rows their suggested label instead of dropping them")
     t.add_argument("--defense-option", action="append", default=[], metavar="KEY=VALUE",
@@ -82,8 +84,10 @@ def defense_options(args: argparse.Namespace) -> dict:
         if not args.scores:
             raise VetsetError("--defense curate needs --scores PATH (an audit's scores.parquet)")
         options.update(scores=args.scores, relabel=bool(args.relabel))
+    elif args.defense in ("pdb", "abl") and args.scores and not args.relabel:
+        options.update(scores=args.scores)  # pdb: never defensive rows; abl: the rows unlearned
     elif args.scores or args.relabel:
-        raise VetsetError("--scores and --relabel apply to --defense curate only")
+        raise VetsetError("--scores applies to --defense curate, pdb and abl, --relabel to curate only")
     return options
 
 

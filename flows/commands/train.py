@@ -22,7 +22,9 @@ def _arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--defense", default="none", help="none, abl, pdb, curate (audit, drop flagged rows, train)")
     t.add_argument("--defense-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the defense, e.g. isolation_epochs=10 (abl), repeats=3 (pdb); repeatable")
-    t.add_argument("--scores", help="curate: an audit's scores.parquet (else the audit runs first)")
+    t.add_argument("--scores", help="curate: an audit's scores.parquet (else the audit runs first); "
+                                    "pdb: its flagged rows are never drawn as defensive rows; "
+                                    "abl: its flagged rows are the ones unlearned")
     t.add_argument("--detectors", help="curate: comma-separated detectors for the audit (default abl,agpd)")
     t.add_argument("--set", dest="detector_set", action="append", default=[], metavar="DETECTOR.OPTION=VALUE",
                    help="curate: a detector option for the audit, e.g. abl.epochs=10; repeatable")
@@ -77,8 +79,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.defense not in DEFENSES_AVAILABLE:
         raise VetsetError(f"unknown defense {args.defense!r}; available: {', '.join(DEFENSES_AVAILABLE)}")
     curate = args.defense == "curate"
-    if not curate and (args.scores or args.detectors or args.detector_set or args.relabel):
-        raise VetsetError("--scores, --detectors, --set and --relabel apply to --defense curate only")
+    if not curate and (args.detectors or args.detector_set or args.relabel):
+        raise VetsetError("--detectors, --set and --relabel apply to --defense curate only")
+    if args.scores and args.defense not in ("curate", "pdb", "abl"):
+        raise VetsetError("--scores applies to --defense curate (rows to drop), pdb (rows never drawn as "
+                          "defensive rows) and abl (rows to unlearn) only")
     extra = {}
     if args.detectors:
         extra["detectors"] = [d.strip() for d in args.detectors.split(",") if d.strip()]

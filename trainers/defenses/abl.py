@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from pipelines.errors import VetsetError
 from ..augment import AugmentConfig
 from ..loop import TrainConfig, TrainHooks, fit, flooding_loss, per_sample_loss, predict_logits
 from .base import DEFENSES, Defense, epoch_logger, new_model, readable, staged
+from .curate import flagged_mask
 
 
 def isolation_config(*, epochs: int = 20, lr: float = 0.01, batch_size: int = 128, momentum: float = 0.9,
@@ -74,6 +76,11 @@ class ABLDefense(Defense):
             the given TrainConfig (e.g. the "fast" preset on a GPU).
         unlearn_epochs 20, unlearn_lr 1e-4: BackdoorBench (the authors: 5 epochs at 5e-4); SGD
             momentum 0.9, wd 1e-4, batch 64 (the authors'), no augmentation.
+        scores: an audit's scores table (path or DataFrame, as for ``curate``; ours): when
+            given, the isolated rows are its flagged rows instead of the ``isolation_ratio``
+            lowest-loss rows (the isolation training still runs: its model is the one
+            fine-tuned). ABL's loss isolation needs the trigger to be learned early; on a
+            small CPU slice with augmentation it is not (docs/benchmarks.md, "Defenses").
         unlearn_stop_acc: stop unlearning once the model agrees with the isolated rows' labels
             on at most this share of them (eval mode, no augmentation), so that gradient ascent
             does not run on into the clean features (None = run every epoch, as published).
@@ -92,6 +99,7 @@ class ABLDefense(Defense):
         unlearn_momentum: float = 0.9
         unlearn_weight_decay: float = 1e-4
         unlearn_stop_acc: float | None = None
+        scores: Any = None
 
     def train(self, ds, cfg, *, model_name, device="auto", seed=0, log=None, pretrained=None):
         c = self.config
@@ -106,9 +114,12 @@ class ABLDefense(Defense):
         iso = train_isolation_model(model, ds.images, ds.labels, iso_cfg, gamma=c.gamma, loss_form=c.loss_form,
                                     log=epoch_logger(log, "abl:isolation", iso_cfg.epochs))
         isolated, losses = isolate(model, ds.images, ds.labels, c.isolation_ratio, cfg.eval_batch_size)
+        if c.scores is not None:
+            isolated = np.flatnonzero(flagged_mask(ds, c.scores))
         rest = np.setdiff1d(np.arange(len(ds)), isolated)
         if log is not None:
-            log(f"[abl] isolated {len(isolated)} of {len(ds)} rows (loss <= "
+            log(f"[abl] isolated {len(isolated)} of {len(ds)} rows" + (" (the scores table's flagged rows)"
+                if c.scores is not None else "") + " (loss <= "
                 f"{losses[isolated].max() if len(isolated) else float('nan'):.4f}; median {np.median(losses):.4f})")
 
         # 2. fine-tuning on the rest
@@ -146,6 +157,7 @@ class ABLDefense(Defense):
             "train_seconds": time.perf_counter() - t0,
             "n_train": int(len(ds)),
             "n_isolated": int(len(isolated)),
+            "isolated_by": "scores" if c.scores is not None else "loss",
             "isolated_ids": ds.sample_ids[isolated].tolist(),
             "isolation_loss_threshold": float(losses[isolated].max()) if len(isolated) else None,
             "median_isolation_loss": float(np.median(losses)),

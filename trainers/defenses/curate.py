@@ -51,17 +51,28 @@ def load_scores(scores: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def curate_dataset(ds: ImageDataset, scores: str | os.PathLike | pd.DataFrame, *, relabel: bool = False,
-                   min_confidence: float = 0.0) -> tuple[ImageDataset, dict[str, Any]]:
-    """(the kept rows, with relabelled labels where asked, and what was done). Every dataset
-    row must appear in the table (a stale table of another dataset is an error)."""
+def aligned_scores(ds: ImageDataset, scores: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
+    """The scores table's rows in ``ds``'s row order. Every dataset row must appear in the
+    table (a stale table of another dataset is an error)."""
     frame = load_scores(scores).set_index("sample_id")
     ids = pd.Index(ds.sample_ids.astype(str))
     absent = ~ids.isin(frame.index)
     if absent.any():
         raise DataError(f"{int(absent.sum())} of {len(ds)} dataset rows are not in the scores table "
                         f"(first: {ids[absent][0]!r}); was it written for another dataset?")
-    rows = frame.loc[ids]
+    return frame.loc[ids]
+
+
+def flagged_mask(ds: ImageDataset, scores: str | os.PathLike | pd.DataFrame) -> np.ndarray:
+    """Bool per row of ``ds``: flagged in the scores table."""
+    return aligned_scores(ds, scores)["flagged"].to_numpy(bool)
+
+
+def curate_dataset(ds: ImageDataset, scores: str | os.PathLike | pd.DataFrame, *, relabel: bool = False,
+                   min_confidence: float = 0.0) -> tuple[ImageDataset, dict[str, Any]]:
+    """(the kept rows, with relabelled labels where asked, and what was done). Every dataset
+    row must appear in the table (a stale table of another dataset is an error)."""
+    rows = aligned_scores(ds, scores)
     flagged = rows["flagged"].to_numpy(bool)
     labels = ds.labels.copy()
     relabelled = np.zeros(len(ds), dtype=bool)

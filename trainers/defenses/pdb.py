@@ -13,13 +13,19 @@ wrapper (:class:`trainers.saved.DefensiveTrigger`), so ``trainers.load_model`` r
 model that is safe as it is.
 
 The defensive rows are drawn from the untrusted data (the authors' code drew them from
-clean copies, which a real user does not have).
+clean copies, which a real user does not have). A poisoned row drawn as a defensive row
+teaches "attack trigger + defensive trigger -> h(target)", which the wrapper maps back to
+the attacker's target: at 10% poisoning about half of the target class is poisoned, so a
+class-balanced draw picks ~5% of its defensive rows from them. Given an audit's scores table
+(``scores``: ``vetset train --defense pdb --scores scores.parquet``), flagged rows are never
+drawn; every row still trains as usual.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,18 +37,22 @@ from ..augment import crop_flip, to_float
 from ..loop import TrainHooks, _batches, fit, resolve_device
 from ..saved import DefensiveTrigger, pdb_trigger_slices
 from .base import DEFENSES, Defense, epoch_logger, new_model, readable, staged
+from .curate import flagged_mask
 
 
-def defensive_rows(labels: np.ndarray, num_classes: int, ratio: float, seed: int) -> np.ndarray:
+def defensive_rows(labels: np.ndarray, num_classes: int, ratio: float, seed: int,
+                   allowed: np.ndarray | None = None) -> np.ndarray:
     """A class-balanced draw of ``round(ratio * N)`` row indices: the same count from every
-    class (the remainder to the first classes), capped at each class's size."""
+    class (the remainder to the first classes), capped at each class's size, and taken only
+    from rows where ``allowed`` (bool per row) is True when it is given."""
     labels = np.asarray(labels)
     total = int(round(ratio * len(labels)))
+    ok = np.ones(len(labels), dtype=bool) if allowed is None else np.asarray(allowed, dtype=bool)
     rng = np.random.default_rng([seed, 31])
     base, extra = divmod(total, num_classes)
     picks = []
     for k in range(num_classes):
-        rows = np.flatnonzero(labels == k)
+        rows = np.flatnonzero((labels == k) & ok)
         want = min(len(rows), base + (1 if k < extra else 0))
         picks.append(rng.choice(rows, size=want, replace=False) if want else rows[:0])
     return np.sort(np.concatenate(picks)) if picks else np.zeros(0, dtype=np.int64)
@@ -79,6 +89,8 @@ class PDBDefense(Defense):
         defense_ratio 0.1: a class-balanced 10% of the training rows; repeats 5 per epoch.
         brightness_p 0.2 (x * (0.5 + 0.5u)), rotation_deg 10 with rotation_p 0.5, then the
             main recipe's crop + flip: the defensive rows' augmentation.
+        scores: an audit's scores table (path or DataFrame, as for ``curate``) whose flagged
+            rows are never drawn as defensive rows (ours; None = draw from every row).
         The main recipe is the given TrainConfig (the paper: 100 epochs, SGD lr 0.01, cosine,
         batch 256, plain cross-entropy; the "fast" preset on a GPU).
         """
@@ -92,6 +104,7 @@ class PDBDefense(Defense):
         brightness_p: float = 0.2
         rotation_deg: float = 10.0
         rotation_p: float = 0.5
+        scores: Any = None
 
     def wrapper_spec(self, num_classes: int) -> dict:
         c = self.config
@@ -124,7 +137,8 @@ class PDBDefense(Defense):
         k = ds.num_classes
         model = new_model(ds, model_name, seed, pretrained)
 
-        defense_idx = defensive_rows(ds.labels, k, c.defense_ratio, seed)
+        allowed = None if c.scores is None else ~flagged_mask(ds, c.scores)
+        defense_idx = defensive_rows(ds.labels, k, c.defense_ratio, seed, allowed)
         def_images = torch.from_numpy(np.ascontiguousarray(ds.images[defense_idx])).to(dev)
         def_labels = torch.from_numpy((ds.labels[defense_idx] + c.shift) % k).to(dev)
         steps = max(1, len(_batches(len(ds), cfg.batch_size)))
@@ -154,6 +168,7 @@ class PDBDefense(Defense):
             "train_seconds": time.perf_counter() - t0,
             "n_train": int(len(ds)),
             "n_defensive": int(len(defense_idx)),
+            "n_excluded_from_defensive": 0 if allowed is None else int((~allowed).sum()),
             "defensive_rows_per_epoch": int(len(defense_idx) * c.repeats),
             "wrapper": spec,
         }
