@@ -1,6 +1,7 @@
 """VDC: evaluation logic on fixed answers, question files, cascade selection, the two
-answering paths on tiny random-weight LLaVA and Qwen2-VL models (they must agree), the answer
-cache, offline errors, and the detector through run_audit and the Prefect audit flow."""
+answering paths on tiny random-weight LLaVA and Qwen2-VL models (they must agree), BLIP-2 and
+InstructBLIP (OPT / Llama / T5 language models) on the generate path, the answer cache, offline
+errors, and the detector through run_audit and the Prefect audit flow."""
 from __future__ import annotations
 
 import json
@@ -20,6 +21,10 @@ from pipelines.dataset import ImageDataset  # noqa: E402
 from pipelines.errors import VetsetError  # noqa: E402
 
 CLASSES = ["airplane", "cat", "pickup_truck"]
+# tiny BLIP-2 / InstructBLIP models: name -> (family, language model)
+BLIP_ARCHS = {"blip2_opt": ("blip-2", "opt"), "blip2_t5": ("blip-2", "t5"),
+              "instructblip_llama": ("instructblip", "llama"), "instructblip_t5": ("instructblip", "t5")}
+SHARED_ARCHS = ("llava", "qwen2_vl")  # the archs that take the shared-prefix path
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -35,11 +40,14 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    from vdc_tiny import build_tiny_llava, build_tiny_qwen2vl, build_tiny_text_llm
+    from vdc_tiny import build_tiny_blip, build_tiny_llava, build_tiny_qwen2vl, build_tiny_text_llm
 
     root = tmp_path_factory.mktemp("vdc-models")
-    return {"llava": str(build_tiny_llava(root / "llava")), "qwen2_vl": str(build_tiny_qwen2vl(root / "qwen2vl")),
-            "text": str(build_tiny_text_llm(root / "text"))}
+    models = {"llava": str(build_tiny_llava(root / "llava")), "qwen2_vl": str(build_tiny_qwen2vl(root / "qwen2vl")),
+              "text": str(build_tiny_text_llm(root / "text"))}
+    for name, (family, lm) in BLIP_ARCHS.items():
+        models[name] = str(build_tiny_blip(root / name, family=family, lm=lm))
+    return models
 
 
 def _dataset(n=6, seed=0, size=32):
@@ -47,6 +55,29 @@ def _dataset(n=6, seed=0, size=32):
     return ImageDataset(images=rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
                         labels=np.arange(n) % len(CLASSES), class_names=CLASSES,
                         sample_ids=[f"r{seed}-{i}" for i in range(n)])
+
+
+def _questions(ds, kind=None):
+    """The template questions about each row's label (only ``kind`` ones if given) and its terms."""
+    qs = template_questions(CLASSES)
+    questions = [[q for q in qs.for_class(CLASSES[k]) if kind in (None, q.kind)] for k in ds.labels]
+    return questions, [qs.classes[CLASSES[k]].terms for k in ds.labels]
+
+
+def _assert_same_answers(questions, a, b, *, first_token_only=False):
+    """Two backends gave the same greedy answers. first_token_only: ``a`` read a yes/no answer
+    from the first token (shared path), ``b`` generated a few tokens starting with it."""
+    for i, q_row in enumerate(questions):
+        for j, q in enumerate(q_row):
+            x, y = a[i][j], b[i][j]
+            if q.kind == "yesno":
+                assert y.text.startswith(x.text) if first_token_only else y.text == x.text, (i, j, x, y)
+                assert says_yes(x.text) == says_yes(y.text)
+                assert np.isfinite(x.p_yes) and x.p_yes == pytest.approx(y.p_yes, abs=1e-4)
+            else:
+                assert x.text == y.text, (i, j, x, y)
+    # the descriptions really were generated (random weights still emit words)
+    assert any(a[i][0].text for i in range(len(questions)))
 
 
 # ------------------------------------------------------------------ evaluation on fixed answers
@@ -172,9 +203,7 @@ def test_shared_prefix_path_agrees_with_plain_generate(tiny_models, arch):
     from cleansers.vdc.backends import VLMBackend
 
     ds = _dataset(5)
-    qs = template_questions(CLASSES)
-    questions = [qs.for_class(CLASSES[k]) for k in ds.labels]
-    terms = [qs.classes[CLASSES[k]].terms for k in ds.labels]
+    questions, terms = _questions(ds)
     shared = VLMBackend(tiny_models[arch], device="cpu", batch_size=4, prefix_sharing="auto", describe_max_new_tokens=10)
     plain = VLMBackend(tiny_models[arch], device="cpu", batch_size=7, prefix_sharing="off", describe_max_new_tokens=10)
     assert shared.shared and not plain.shared
@@ -182,32 +211,59 @@ def test_shared_prefix_path_agrees_with_plain_generate(tiny_models, arch):
     assert shared.stats["prefix_forwards"] == 2 and shared.stats["generate_calls"] == 0
     assert shared.stats["suffix_forwards"] == 2 * 6  # one per question slot and batch: prefix reused
     assert plain.stats["prefix_forwards"] == 0 and plain.stats["generate_calls"] > 0
-    for i, q_row in enumerate(questions):
-        for j, q in enumerate(q_row):
-            x, y = a[i][j], b[i][j]
-            if q.kind == "yesno":  # shared: the first token; generate: a few tokens starting with it
-                assert y.text.startswith(x.text), (i, j, x, y)
-                assert says_yes(x.text) == says_yes(y.text)
-                assert x.p_yes == pytest.approx(y.p_yes, abs=1e-4)
-            else:
-                assert x.text == y.text, (i, j, x, y)
-    # the descriptions really were generated (random weights still emit words)
-    assert any(a[i][0].text for i in range(len(questions)))
+    _assert_same_answers(questions, a, b, first_token_only=True)
 
 
-def test_descriptions_stop_once_the_label_appears(tiny_models):
+@pytest.mark.parametrize("arch", list(BLIP_ARCHS))
+def test_blip_models_answer_through_batched_generate(tiny_models, arch):
+    """BLIP-2 / InstructBLIP: no chat template (plain-text prompt), never the shared prefix (not
+    even with prefix_sharing="on"), and batching (padding) does not change the answers."""
+    import torch
+
+    from cleansers.vdc.backends import VLMBackend
+
+    ds = _dataset(5)
+    questions, terms = _questions(ds)
+    wide = VLMBackend(tiny_models[arch], device="cpu", batch_size=7, prefix_sharing="on",
+                      describe_max_new_tokens=10)
+    narrow = VLMBackend(tiny_models[arch], device="cpu", batch_size=2, describe_max_new_tokens=10)
+    assert not wide.shared and not narrow.shared and wide.no_sharing
+    assert ("Q-Former reads the question" in wide.no_sharing) == arch.startswith("instructblip")
+    assert wide.encoder_decoder == arch.endswith("t5")
+    assert wide.prompt("Is there a cat?") == "Question: Is there a cat? Answer:"
+    a, b = wide.answer(ds.images, questions, terms), narrow.answer(ds.images, questions, terms)
+    # 20 yes/no + 10 description pairs: 3 + 2 calls of 7; by 2 images: 4+4+2 and 2+2+1 calls
+    assert wide.stats == {"prefix_forwards": 0, "suffix_forwards": 0, "decode_steps": 0, "generate_calls": 5}
+    assert narrow.stats["generate_calls"] == 15
+    _assert_same_answers(questions, a, b)
+    assert all(np.isnan(a[i][j].p_yes) for i, q_row in enumerate(questions)
+               for j, q in enumerate(q_row) if q.kind == "describe")
+    if arch.startswith("instructblip"):  # why nothing is shared: one image, two questions, two sets of image tokens
+        enc = wide._encode([wide.prompt("Is there a cat?"), wide.prompt("Describe the image in detail.")],
+                           [ds.images[0]] * 2)
+        with torch.inference_mode():
+            feats = wide.model.get_image_features(pixel_values=enc["pixel_values"],
+                                                  qformer_input_ids=enc["qformer_input_ids"],
+                                                  qformer_attention_mask=enc["qformer_attention_mask"]).pooler_output
+        assert not torch.allclose(feats[0], feats[1])
+
+
+@pytest.mark.parametrize("arch", ["llava", "blip2_opt", "instructblip_t5"])
+def test_descriptions_stop_once_the_label_appears(tiny_models, arch):
     from cleansers.vdc.backends import VLMBackend
 
     ds = _dataset(3)
-    qs = template_questions(CLASSES)
-    questions = [[q for q in qs.for_class(CLASSES[k]) if q.kind == "describe"] for k in ds.labels]
-    be = VLMBackend(tiny_models["llava"], device="cpu", prefix_sharing="off", describe_max_new_tokens=12)
+    questions, _ = _questions(ds, "describe")
+    be = VLMBackend(tiny_models[arch], device="cpu", prefix_sharing="off", describe_max_new_tokens=12)
     free = be.answer(ds.images, questions, [["zzz"]] * 3)  # a term that never appears: full length
-    word = free[0][0].text.split()[1]  # make the 2nd generated word row 0's "class name"
-    stopped = be.answer(ds.images, questions, [[word], ["zzz"], ["zzz"]])
-    assert stopped[0][0].text.split() == free[0][0].text.split()[:2]
-    shared = VLMBackend(tiny_models["llava"], device="cpu", prefix_sharing="on", describe_max_new_tokens=12)
-    assert shared.answer(ds.images, questions, [[word], ["zzz"], ["zzz"]])[0][0].text == stopped[0][0].text
+    words = free[0][0].text.split()
+    # make the first word that is new after the 1st one row 0's "class name" (random weights
+    # often repeat one word: then the 1st)
+    k = next((k for k in range(1, len(words)) if words[k] not in words[:k]), 0)
+    stopped = be.answer(ds.images, questions, [[words[k]], ["zzz"], ["zzz"]])
+    assert stopped[0][0].text.split() == words[:k + 1] and len(words) > k + 1
+    shared = VLMBackend(tiny_models[arch], device="cpu", prefix_sharing="on", describe_max_new_tokens=12)
+    assert shared.answer(ds.images, questions, [[words[k]], ["zzz"], ["zzz"]])[0][0].text == stopped[0][0].text
     assert stopped[1][0].text == free[1][0].text
 
 
@@ -238,17 +294,20 @@ if "vdc_test_prior" not in DETECTORS:
     DETECTORS.register("vdc_test_prior")(_Prior)
 
 
-def test_detector_through_run_audit_with_cache_and_cascade(tiny_models, tmp_path):
+@pytest.mark.parametrize("arch", ["qwen2_vl", *BLIP_ARCHS])
+def test_detector_through_run_audit_with_cache_and_cascade(tiny_models, tmp_path, arch):
     from cleansers.audit import run_audit
     from pipelines.outputs import RunPaths
 
     ds = _dataset(6)
-    opts = {"model": tiny_models["qwen2_vl"], "cache_dir": str(tmp_path / "cache"), "judge": "none",
+    opts = {"model": tiny_models[arch], "cache_dir": str(tmp_path / "cache"), "judge": "none",
             "questions": str(tmp_path / "q.json"), "describe_max_new_tokens": 6, "device": "cpu"}
     first = run_audit(ds, ["vdc"], RunPaths(tmp_path / "run1"), run_id="r1", options={"vdc": opts})
     info = first.results[0].info
     assert info["rows_asked"] == 6 and info["answers_new"] == 36 and info["answers_cached"] == 0
-    assert info["path"] == "shared" and (tmp_path / "q.json").exists()
+    assert info["path"] == ("shared" if arch in SHARED_ARCHS else "generate") and (tmp_path / "q.json").exists()
+    assert (info["path_note"] is None) == (arch in SHARED_ARCHS)
+    assert (info["backend_stats"]["prefix_forwards"] > 0) == (arch in SHARED_ARCHS)
     scores = pd.read_parquet(tmp_path / "run1" / "scores.parquet")
     s = 1 - scores["vdc_score"].to_numpy()
     assert np.all((s >= 0) & (s <= 1)) and np.allclose(s * 6, np.round(s * 6))  # shares of 6 answers
@@ -277,13 +336,14 @@ def test_detector_through_run_audit_with_cache_and_cascade(tiny_models, tmp_path
     np.testing.assert_array_equal(vdc.score[5:], third.results[0].score[5:])
 
 
-def test_vdc_through_the_audit_flow(prefect_harness, tiny_models, tmp_path, cifar_dir):
+@pytest.mark.parametrize("arch", ["llava", "blip2_opt", "instructblip_llama"])
+def test_vdc_through_the_audit_flow(prefect_harness, tiny_models, tmp_path, cifar_dir, arch):
     from conftest import cifar_slice
     from flows.audit import audit_flow
     from flows.params import AuditParams
 
     pq.write_table(cifar_slice(12), tmp_path / "data.parquet")
-    opts = {"model": tiny_models["llava"], "cache_dir": str(tmp_path / "cache"), "judge": "embedding",
+    opts = {"model": tiny_models[arch], "cache_dir": str(tmp_path / "cache"), "judge": "embedding",
             "questions": str(tmp_path / "q.json"), "describe_max_new_tokens": 6, "batch_size": 6}
     summary = audit_flow(AuditParams(data=str(tmp_path / "data.parquet"), detectors=["vdc"], device="cpu",
                                      detector_options={"vdc": opts}, out=str(tmp_path / "run")))
@@ -293,6 +353,7 @@ def test_vdc_through_the_audit_flow(prefect_harness, tiny_models, tmp_path, cifa
     assert (scores["vdc_flag"] == (1 - scores["vdc_score"] < 0.5)).all()
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["detectors"]["vdc"]["answers_new"] == 72
+    assert manifest["detectors"]["vdc"]["path"] == ("shared" if arch in SHARED_ARCHS else "generate")
     assert manifest["detectors"]["vdc"]["judge"].startswith("embedding:")
     q = load_questions(tmp_path / "q.json")
     assert "airplane" in q.classes  # CIFAR-10 class names from the data

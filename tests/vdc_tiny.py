@@ -1,5 +1,6 @@
-"""Tiny random-weight vision-language models (and a tiny text LLM) built from configs, fully
-offline, saved to a folder and loadable through AutoProcessor / AutoModelForImageTextToText.
+"""Tiny random-weight vision-language models (LLaVA, Qwen2-VL, BLIP-2, InstructBLIP) and a tiny
+text LLM, built from configs fully offline, saved to a folder and loadable through
+AutoProcessor / AutoModelForImageTextToText.
 
 Used by tests/test_vdc.py and by ``benchmarks/vdc_throughput.py --tiny`` (CPU smoke run).
 Nothing here downloads anything: the tokenizer is a word-level one trained on a fixed word
@@ -146,4 +147,71 @@ def build_tiny_text_llm(path: str | Path, *, seed: int = 0) -> Path:
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(path)
     tok.save_pretrained(path)
+    return path
+
+
+def _tiny_lm_config(kind: str, tok):
+    """The language model behind a tiny BLIP-2 / InstructBLIP: ``opt`` or ``llama`` (decoder-only)
+    or ``t5`` (encoder-decoder, as in the Flan-T5 checkpoints)."""
+    from transformers import LlamaConfig, OPTConfig, T5Config
+
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if kind == "opt":
+        return OPTConfig(vocab_size=len(tok), hidden_size=64, word_embed_proj_dim=64, ffn_dim=128,
+                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256, **ids)
+    if kind == "llama":
+        return LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **ids)
+    if kind == "t5":
+        return T5Config(vocab_size=len(tok), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+                        num_heads=4, decoder_start_token_id=tok.pad_token_id, **ids)
+    raise ValueError(f"language model {kind!r}: use opt, llama or t5")
+
+
+def build_tiny_blip(path: str | Path, *, family: str = "blip-2", lm: str = "opt", image_size: int = 28,
+                    num_query_tokens: int = 4, seed: int = 0) -> Path:
+    """A BLIP-2 (``family="blip-2"``) or InstructBLIP (``family="instructblip"``) model: ViT
+    (patch 14) + Q-Former with ``num_query_tokens`` learned queries + a tiny ``lm`` (see
+    _tiny_lm_config). No chat template: these models take plain-text prompts. InstructBLIP's
+    Q-Former also reads the question (its own tokenizer, saved under qformer_tokenizer/)."""
+    import torch
+    import transformers as tf
+
+    if family not in ("blip-2", "instructblip"):
+        raise ValueError(f"family {family!r}: use blip-2 or instructblip")
+    blip2 = family == "blip-2"
+    path = Path(path)
+    tok = _tokenizer(["<pad>", "<unk>", "<s>", "</s>", "<image>"], None, additional_special_tokens=["<image>"])
+    prefix = "Blip2" if blip2 else "InstructBlip"
+    vision = getattr(tf, f"{prefix}VisionConfig")(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                  num_attention_heads=2, image_size=image_size, patch_size=14)
+    qformer = getattr(tf, f"{prefix}QFormerConfig")(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=2, intermediate_size=64,
+                                                    encoder_hidden_size=32, max_position_embeddings=128,
+                                                    pad_token_id=tok.pad_token_id)
+    config = getattr(tf, f"{prefix}Config")(vision_config=vision, qformer_config=qformer,
+                                            text_config=_tiny_lm_config(lm, tok), num_query_tokens=num_query_tokens,
+                                            image_token_index=tok.convert_tokens_to_ids("<image>"))
+    config.pad_token_id = tok.pad_token_id
+    torch.manual_seed(seed)
+    model = getattr(tf, f"{prefix}ForConditionalGeneration")(config).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    if lm == "t5":
+        model.generation_config.decoder_start_token_id = tok.pad_token_id
+        # T5 ties its input and output embeddings: with random weights the decoder's start token
+        # (pad) then predicts itself forever; a zero pad row lets it emit words
+        with torch.no_grad():
+            model.language_model.get_input_embeddings().weight[tok.pad_token_id] = 0
+    image_processor = tf.BlipImageProcessor(size={"height": image_size, "width": image_size})
+    if blip2:
+        processor = tf.Blip2Processor(image_processor=image_processor, tokenizer=tok,
+                                      num_query_tokens=num_query_tokens)
+    else:  # the Q-Former's tokenizer: the same word list (BERT's in the real checkpoints)
+        qformer_tok = _tokenizer(["<pad>", "<unk>", "<s>", "</s>"], None)
+        processor = tf.InstructBlipProcessor(image_processor=image_processor, tokenizer=tok,
+                                             qformer_tokenizer=qformer_tok, num_query_tokens=num_query_tokens)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
     return path

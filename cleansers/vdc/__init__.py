@@ -146,7 +146,8 @@ class VDCDetector(Detector):
         info = {
             "alpha": cfg.alpha, "rows_asked": int(len(rows)), "rows_skipped_by_cascade": int(n - len(rows)),
             "answers_cached": int(n_cached), "answers_new": int(sum(len(q) for q in questions) - n_cached),
-            "questions": origin, "path": "shared" if backend.shared else "generate", "backend_stats": backend.stats,
+            "questions": origin, "path": "shared" if backend.shared else "generate", "path_note": backend.no_sharing,
+            "backend_stats": backend.stats,
             "judge": getattr(judge, "name", cfg.judge), "timings": timings, "model_key": backend.model_key,
             "cache_dir": str(cache.dir) if cache.dir else None,
             "mean_s": float(np.nanmean(s)) if len(rows) else None,

@@ -12,9 +12,22 @@ Two paths, same answers:
   prefix. A yes/no answer is the first generated token, read from that one forward's logits
   (no ``generate``); descriptions are decoded greedily by hand on the same cache and stop per
   row at EOS or once the row's class name or a synonym has appeared.
-- ``generate`` (the simple, always-correct fallback, e.g. InstructBLIP whose Q-Former reads the
-  question, BLIP-2, or any model where the prompt prefix is not shared): one batched, left-padded
-  ``generate`` over (image, question) pairs, greedy, with the same stop rule.
+- ``generate`` (the simple, always-correct fallback): one batched ``generate`` over (image,
+  question) pairs, greedy, with the same stop rule. Left-padded for decoder-only language
+  models, right-padded when the language model is an encoder-decoder (Flan-T5 behind BLIP-2 /
+  InstructBLIP: T5's relative position bias would otherwise see the padding between the image
+  and the text).
+
+BLIP-2 and InstructBLIP (no chat template: the prompt is ``Question: ... Answer:``) always take
+the generate path, even with ``prefix_sharing="on"``:
+
+- InstructBLIP's Q-Former reads the question text (``qformer_input_ids``), so the query tokens
+  that stand for the image differ per question: there is no image prefix to share, and reusing
+  one would answer every question with the first question's image tokens. Any model whose
+  forward takes ``qformer_input_ids`` is treated this way.
+- BLIP-2's Q-Former does not read the question, but its forward re-encodes ``pixel_values`` on
+  every call (they are a required argument) and cannot continue a cached prefix, and with a
+  Flan-T5 language model the prompt is the encoder's input, not a decoder prefix.
 
 Both are greedy, so they give the same tokens up to floating-point noise; tests check that.
 """
@@ -38,6 +51,18 @@ from .questions import Question
 # prefix can be computed once and its KV cache reused by every question of the row
 SHARED_PREFIX_TYPES = {"llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "mistral3",
                        "idefics3", "smolvlm", "aya_vision", "internvl"}
+# model types that never share a prefix, whatever prefix_sharing says (see the module docstring)
+QUESTION_CONDITIONED_TYPES = {"instructblip", "instructblipvideo"}
+NO_CACHED_PREFIX_TYPES = {"blip-2"}
+
+
+def no_sharing_reason(model_type: str, forward_args) -> str | None:
+    """Why a model cannot use the shared-prefix path (None: it may)."""
+    if model_type in QUESTION_CONDITIONED_TYPES or "qformer_input_ids" in forward_args:
+        return "the Q-Former reads the question, so the image tokens differ per question"
+    if model_type in NO_CACHED_PREFIX_TYPES:
+        return "its forward re-encodes the image on every call and cannot continue a cached prefix"
+    return None
 
 
 def _transformers():
@@ -189,21 +214,34 @@ class VLMBackend:
                 raise VetsetError(f"model {model}: cannot load it as an image-text-to-text model ({first}); "
                                   f"custom code needs trust_remote_code=True") from None
         self.model.to(self.device).eval()
+        self.model_type = getattr(self.model.config, "model_type", "")
+        text_config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else None
+        # an encoder-decoder language model (Flan-T5 behind BLIP-2 / InstructBLIP): generate
+        # returns decoder tokens only, and the prompt is right-padded
+        self.encoder_decoder = bool(getattr(text_config, "is_encoder_decoder", False)
+                                    or getattr(self.model.config, "is_encoder_decoder", False))
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        self.tokenizer.padding_side = "left"
+        self.tokenizer.padding_side = "right" if self.encoder_decoder else "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model_type = getattr(self.model.config, "model_type", "")
+        qformer_tokenizer = getattr(self.processor, "qformer_tokenizer", None)
+        if qformer_tokenizer is not None:  # InstructBLIP: a BERT-style encoder with absolute positions
+            qformer_tokenizer.padding_side = "right"
         self.batch_size = int(batch_size)
         self.yesno_max_new_tokens = int(yesno_max_new_tokens)
         self.describe_max_new_tokens = int(describe_max_new_tokens)
         self.yesno_mode = yesno_mode
-        self.shared = prefix_sharing == "on" or (prefix_sharing == "auto" and self.model_type in SHARED_PREFIX_TYPES)
         self.yes_ids, self.no_ids = _yes_no_ids(self.tokenizer)
         gen = self.model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
         self._forward_args = set(inspect.signature(self.model.forward).parameters)
+        # None, or why this model always takes the generate path (reported in the audit's info)
+        self.no_sharing = no_sharing_reason(self.model_type, self._forward_args)
+        if self.no_sharing is None and self.encoder_decoder:
+            self.no_sharing = "its language model is an encoder-decoder: the prompt is no decoder prefix"
+        self.shared = self.no_sharing is None and (
+            prefix_sharing == "on" or (prefix_sharing == "auto" and self.model_type in SHARED_PREFIX_TYPES))
         # transformers >= 5.2x renamed the forward's past_key_values to cache
         self._cache_arg = "cache" if "cache" in self._forward_args else "past_key_values"
         self._plans: dict = {}
@@ -400,12 +438,12 @@ class VLMBackend:
             pairs = [(i, j) for i, j in pending if questions[i][j].kind == kind]
             for start in range(0, len(pairs), self.batch_size):
                 chunk = pairs[start:start + self.batch_size]
+                # InstructBLIP: the processor also tokenises the prompt for the Q-Former
                 texts = [self.prompt(questions[i][j].text) for i, j in chunk]
-                extra = {}
-                if self.model_type == "instructblip":
-                    extra = {}  # the processor builds qformer_input_ids from the same text
-                enc = self._encode(texts, [images[i] for i, _ in chunk], **extra)
-                prompt_len = enc["input_ids"].shape[1]
+                enc = self._encode(texts, [images[i] for i, _ in chunk])
+                # decoder-only: generate returns prompt + new tokens (stop rule and answers skip
+                # the prompt); encoder-decoder: decoder tokens only, after the start token
+                prompt_len = 1 if self.encoder_decoder else enc["input_ids"].shape[1]
                 gen = dict(do_sample=False, num_beams=1, return_dict_in_generate=True,
                            pad_token_id=self.tokenizer.pad_token_id)
                 if kind == "yesno":
@@ -417,10 +455,7 @@ class VLMBackend:
                         [_TermStop(self.tokenizer, [terms[i] for i, _ in chunk], prompt_len)]))
                 res = self.model.generate(**enc, **gen)
                 self.stats["generate_calls"] += 1
-                seq = res.sequences
-                new = seq[:, prompt_len:] if seq.shape[1] > prompt_len else seq
-                if self.model_type in ("blip-2", "instructblip") and seq.shape[1] <= prompt_len:
-                    new = seq
+                new = res.sequences[:, prompt_len:]
                 if kind == "yesno":
                     answers = self._yes_no_answers(res.logits[0].float())
                     if self.yesno_mode == "first_token":
