@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.loaders import load_dataset  # noqa: E402
 from pipelines.simulate import SimulationSpec, simulate  # noqa: E402
 from trainers import build_model, evaluate, fit, preset, resolve_device  # noqa: E402
-from trainers.purify import PURIFIERS, purify  # noqa: E402
+from trainers.purify import purify  # noqa: E402
 from trainers.purify.run import balanced_subset, strip_rates  # noqa: E402
 from trainers.train import channel_stats  # noqa: E402
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import cifar_slice, png_bytes
 from pipelines.errors import DataError
 from pipelines.loaders import LoadOptions, load_dataset, validate_source
-from pipelines.parquet_io import IMAGE_TYPE, hf_features_metadata, write_dataset_parquet
+from pipelines.parquet_io import IMAGE_TYPE, write_dataset_parquet
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

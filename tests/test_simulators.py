@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.attacks import (ATTACKS, BadNets, Blended, WaNet, apply_trigger, attack_from_spec,
+from pipelines.attacks import (ATTACKS, Blended, WaNet, apply_trigger, attack_from_spec,
                                backdoor_test_set, build_attack)
 from pipelines.dataset import ImageDataset
 from pipelines.errors import VetsetError

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from cleansers.base import DETECTORS, AuditContext, Detector, DetectorResult  # noqa: E402
+from cleansers.base import DETECTORS, Detector, DetectorResult  # noqa: E402
 from cleansers.vdc.cascade import select_rows  # noqa: E402
 from cleansers.vdc.evaluate import evaluate_answers, flag_from_s, lemma, mentions, says_yes  # noqa: E402
 from cleansers.vdc.questions import load_questions, resolve_questions, template_questions  # noqa: E402

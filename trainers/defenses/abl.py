@@ -19,10 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
-from pipelines.dataset import ImageDataset
 from pipelines.errors import VetsetError
 
 from ..augment import AugmentConfig

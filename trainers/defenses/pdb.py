@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.dataset import ImageDataset
 
 from ..augment import crop_flip, to_float
 from ..loop import TrainHooks, _batches, fit, resolve_device

@@ -8,7 +8,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 from pipelines.atomic import atomic_write_json, atomic_write_text
 from pipelines.dataset import ImageDataset
