@@ -281,6 +281,11 @@ class AGPD(Detector):
             "rho_best_layer": [round(float(v), 4) for v in rho[best_layer]],
             "filtering": per_target,
         }
+        names = ", ".join(info["target_classes"])
+        info["finding"] = (f"target class(es) {names} ({rule}; largest z {info['max_z']:.2f} at {info['best_layer']})"
+                           if targets else
+                           f"no target class (largest z {info['max_z']:.2f} < {cfg.z_threshold:.2f}, no last-stage "
+                           f"rho > {cfg.fallback_rho}): declared clean")
         return DetectorResult(self.name, score, flag, None, info)
 
     @staticmethod

@@ -121,6 +121,9 @@ class ConfidentLearning(Detector):
             issues = np.zeros_like(issues)
         return DetectorResult(self.name, 1.0 - self_conf, issues, suggested, {
             "withheld": withheld, "issues_found": found, "min_accuracy": cfg.min_accuracy,
+            "finding": (f"{found} label issues found but withheld: out-of-sample accuracy {accuracy:.3f} < "
+                        f"{cfg.min_accuracy} (too weak to tell a wrong label from a hard image)" if withheld else
+                        f"{found} label issues (out-of-sample accuracy {accuracy:.3f})"),
             "folds": cfg.folds, "filter_by": cfg.filter_by, "oof_seconds": round(oof.seconds, 3),
             "trained_now": oof.trained_now, "oof_accuracy": accuracy,
             "thresholds": [round(float(t), 4) for t in per_class_thresholds(oof.probs, data.labels)],

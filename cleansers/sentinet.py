@@ -230,4 +230,12 @@ class SentiNet(Detector):
                      for k in range(data.num_classes) if flag[data.labels == k].any()}
         common = Counter(int(j) for j in chosen[flag] if j >= 0).most_common(3)
         windows = [{"top": positions[j][0], "left": positions[j][1], "size": size, "rows": c} for j, c in common]
-        return {"model": dm.describe(), **extra, "flagged_per_class": per_class, "top_windows": windows}
+        if windows:
+            w = windows[0]
+            finding = (f"{int(flag.sum())} rows whose region alone moves other classes' images to their label "
+                       f"(classes: {', '.join(f'{k} {v}' for k, v in per_class.items())}); {w['rows']} of them in the "
+                       f"window rows {w['top']}-{w['top'] + size - 1}, columns {w['left']}-{w['left'] + size - 1}")
+        else:
+            finding = "no row's region moved other classes' images to its label"
+        return {"model": dm.describe(), **extra, "flagged_per_class": per_class, "top_windows": windows,
+                "finding": finding}

@@ -99,8 +99,12 @@ def _md_table(header: list[str], rows: list[list]) -> str:
 
 
 def detector_rows(manifest: dict) -> list[list[str]]:
-    return [[name, str(d.get("n_flagged", "")), _fmt(float(d.get("seconds", float("nan"))))]
+    """detector, rows flagged, seconds, and the detector's one-line finding (``info["finding"]``)."""
+    return [[name, str(d.get("n_flagged", "")), _fmt(float(d.get("seconds", float("nan")))), str(d.get("finding", ""))]
             for name, d in manifest.get("detectors", {}).items()]
+
+
+DETECTOR_HEADER = ["detector", "flagged", "seconds", "finding"]
 
 
 def render_report(ds: ImageDataset, frame: pd.DataFrame, manifest: dict, metrics: dict | None, paths: RunPaths,
@@ -128,7 +132,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}figure{{display:in
 figure img{{image-rendering:pixelated;width:96px;height:96px}}</style></head><body>
 <h1>vetset audit</h1><p>run <code>{html.escape(manifest['run_id'])}</code>, {html.escape(manifest['created_at'])}</p>
 <h2>Summary</h2>{_html_table(['', ''], [list(r) for r in summary])}
-<h2>Detectors</h2>{_html_table(['detector', 'flagged', 'seconds'], det_rows)}
+<h2>Detectors</h2>{_html_table(DETECTOR_HEADER, det_rows)}
 {('<h2>Against the truth table</h2>' + _html_table(METRIC_HEADER, met)) if met else ''}
 <h2>Dirty score</h2><p>Rows at or above 0.5 (dashed line) are flagged; red = flagged.</p>{_histogram_svg(frame)}
 <h2>Per class</h2>{_html_table(list(cls.columns), cls_rows)}
@@ -138,7 +142,7 @@ figure img{{image-rendering:pixelated;width:96px;height:96px}}</style></head><bo
     atomic_write_text(page, paths.report_html)
 
     md = [f"# vetset audit `{manifest['run_id']}`", "", "## Summary", "", _md_table(["", ""], [list(r) for r in summary]), "",
-          "## Detectors", "", _md_table(["detector", "flagged", "seconds"], det_rows), ""]
+          "## Detectors", "", _md_table(DETECTOR_HEADER, det_rows), ""]
     if met:
         md += ["## Against the truth table", "", _md_table(METRIC_HEADER, met), ""]
     md += ["## Per class", "", _md_table(list(cls.columns), cls_rows), "", f"## Top {min(len(flagged), 20)} flagged rows", "",

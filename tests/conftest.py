@@ -53,6 +53,20 @@ def cifar_parquet(tmp_path, cifar_dir) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _prefect_logging_on_the_session_stream():
+    """Prefect sets up its console log handler when first imported, on whatever sys.stderr is
+    at that moment. Imported first inside a test that uses capsys, it keeps writing to that
+    test's stream after it is closed, and every later flow run in the session fails ("I/O
+    operation on closed file"; seen when tests/test_defenses.py ran before the other flow
+    tests). So it is set up once, up front."""
+    try:
+        import prefect.main  # noqa: F401  (``import prefect`` alone is lazy; prefect.main sets logging up)
+    except ImportError:  # the GPU machine has no prefect; its tests do not need it
+        pass
+    yield
+
+
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory):
     """A real, temporary Prefect server (SQLite) for the whole session."""

@@ -105,6 +105,8 @@ def test_demo_prints_tables_report_and_metrics(prefect_harness, tmp_path, capsys
     # wrong labels (full demo settings measured: poisoned TPR 0.994, noisy TPR 0.589)
     assert metrics["detection"]["sentinet"]["poisoned"]["tpr"] >= 0.9, metrics["detection"]["sentinet"]
     assert metrics["detection"]["fused"]["all"]["fpr"] <= 0.02
+    report = (tmp_path / "demo" / "audit" / "report.md").read_text()
+    assert "| finding |" in report and "rows whose region alone moves other classes' images" in report
 
 
 def _vetset(*args, cwd):

@@ -133,6 +133,7 @@ def clean_audit(digits):
 def test_agpd_declares_clean_data_clean(clean_audit):
     r = clean_audit[0]
     assert r.name == "agpd" and r.info["target_classes"] == [] and r.flag.sum() == 0, r.info
+    assert r.info["finding"].startswith("no target class") and r.info["finding"].endswith("declared clean")
 
 
 def test_default_detectors_keep_the_fused_fpr_low_on_clean_data(digits, clean_audit):
@@ -215,6 +216,7 @@ def test_confident_learning_finds_wrong_labels_and_suggests_the_original(digits)
     gated = run_detector("confident", sim.dataset, ctx, {"folds": 3, "epochs": CL_EPOCHS, "min_accuracy": 0.99})
     assert gated.info["withheld"] is True and gated.info["issues_found"] == r.flag.sum() > 0
     assert gated.flag.sum() == 0 and np.array_equal(gated.score, r.score)
+    assert "withheld: out-of-sample accuracy" in gated.info["finding"]
 
 
 def test_fusion_of_the_detectors_keeps_specialists_and_needs_agreement_for_quotas(badnets):
