@@ -111,18 +111,15 @@ class _Probe:
             return self.model(x).float().softmax(1)
 
 
-def _occlusion_drop(probe: _Probe, x: torch.Tensor, y: torch.Tensor, base: torch.Tensor, masks: torch.Tensor,
+def _occlusion_drop(probe: _Probe, x: torch.Tensor, y: torch.Tensor, base: torch.Tensor, mask: torch.Tensor,
                     fill: torch.Tensor) -> torch.Tensor:
-    """(B, P): how much occluding each window lowers p(label)."""
-    out = torch.empty(len(x), len(masks), device=x.device)
-    rows = torch.arange(len(x), device=x.device)
-    for j, m in enumerate(masks):
-        occluded = x * (1 - m) + fill * m
-        out[:, j] = base - probe.probs(occluded)[rows, y]
-    return out
+    """(B,): how much occluding ``mask`` (one (1, H, W) window for all rows, or (B, 1, H, W)
+    one per row) lowers p(label)."""
+    occluded = x * (1 - mask) + fill * mask
+    return base - probe.probs(occluded)[torch.arange(len(x), device=x.device), y]
 
 
-def _gradient_candidates(probe: _Probe, x: torch.Tensor, y: torch.Tensor, size: int, stride: int,
+def _gradient_candidates(probe: _Probe, x: torch.Tensor, y: torch.Tensor, size: int,
                          positions: list[tuple[int, int]], fill: torch.Tensor, top_k: int) -> torch.Tensor:
     """(B, k) window indices with the most input-gradient x (input - fill) saliency."""
     with torch.enable_grad():
@@ -181,13 +178,12 @@ class SentiNet(Detector):
             y = torch.as_tensor(labels[idx], device=dm.device)
             base = torch.as_tensor(conf[idx], dtype=torch.float32, device=dm.device)
             if cfg.locate == "occlusion":
-                best = _occlusion_drop(probe, x, y, base, masks, fill).argmax(1)
+                drops = torch.stack([_occlusion_drop(probe, x, y, base, m, fill) for m in masks], dim=1)
+                best = drops.argmax(1)
             else:
-                top = _gradient_candidates(probe, x, y, size, stride, positions, fill, cfg.top_k)
-                drops = torch.stack([
-                    base - probe.probs(x * (1 - masks[top[:, j]]) + fill * masks[top[:, j]])[
-                        torch.arange(len(idx), device=dm.device), y]
-                    for j in range(top.shape[1])], dim=1)
+                top = _gradient_candidates(probe, x, y, size, positions, fill, cfg.top_k)
+                drops = torch.stack([_occlusion_drop(probe, x, y, base, masks[top[:, j]], fill)
+                                     for j in range(top.shape[1])], dim=1)
                 best = top.gather(1, drops.argmax(1, keepdim=True)).squeeze(1)
             chosen[idx] = best.cpu().numpy()
             score[idx] = self._fooled_rate(probe, x, labels[idx], masks[best], pools_by_class, cfg.carriers, rng,
