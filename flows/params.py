@@ -95,8 +95,9 @@ class TrainParams(BaseModel):
     tta_flip: bool = False
     # defenses (trainers.defenses); curate-then-train's audit
     defense_options: dict[str, Any] = Field(default_factory=dict, description="options of the defense's Config")
-    scores: str | None = Field(None, description="curate: an audit's scores.parquet (else the audit runs first)")
-    detectors: list[str] = Field(default_factory=lambda: ["abl", "agpd"],
+    scores: str | None = Field(None, description="an audit's scores.parquet: curate drops its flagged rows (else the "
+                               "audit runs first), abl unlearns them, pdb never draws them as defensive rows")
+    detectors: list[str] = Field(default_factory=lambda: list(_default_detectors()),
                                  description="curate: the detectors of the audit run before training")
     detector_options: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                          description="curate: per detector: option -> value")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from trainers.defenses import DEFENSES
+from trainers.defenses import DEFENSES, reads_scores
 from trainers.train import train_and_save
 
 from .params import TrainParams
@@ -21,7 +21,7 @@ def train_task(params: TrainParams) -> dict:
     options = dict(params.defense_options)
     if params.defense == "curate":
         options.update(scores=params.scores, relabel=params.relabel, min_confidence=params.min_confidence)
-    elif params.defense in ("pdb", "abl") and params.scores:
+    elif params.scores and reads_scores(params.defense):
         options.update(scores=params.scores)
     return train_and_save(params.data, params.out, test=params.test, model=params.model, preset=params.preset,
                           epochs=params.epochs, batch_size=params.batch_size, lr=params.lr, device=params.device,

@@ -68,7 +68,7 @@ def _summary(metrics: dict) -> str:
 def defense_options(args: argparse.Namespace) -> dict:
     """--defense-option KEY=VALUE pairs (values parsed as JSON when they parse) plus --scores
     and --relabel for curate."""
-    from .defenses import DEFENSES
+    from .defenses import DEFENSES, reads_scores
 
     DEFENSES.get(args.defense)  # one-line error naming the known defenses
     options: dict = {}
@@ -84,7 +84,7 @@ def defense_options(args: argparse.Namespace) -> dict:
         if not args.scores:
             raise VetsetError("--defense curate needs --scores PATH (an audit's scores.parquet)")
         options.update(scores=args.scores, relabel=bool(args.relabel))
-    elif args.defense in ("pdb", "abl") and args.scores and not args.relabel:
+    elif args.scores and not args.relabel and reads_scores(args.defense):
         options.update(scores=args.scores)  # pdb: never defensive rows; abl: the rows unlearned
     elif args.scores or args.relabel:
         raise VetsetError("--scores applies to --defense curate, pdb and abl, --relabel to curate only")

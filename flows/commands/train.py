@@ -25,7 +25,8 @@ def _arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--scores", help="curate: an audit's scores.parquet (else the audit runs first); "
                                     "pdb: its flagged rows are never drawn as defensive rows; "
                                     "abl: its flagged rows are the ones unlearned")
-    t.add_argument("--detectors", help="curate: comma-separated detectors for the audit (default abl,agpd)")
+    t.add_argument("--detectors", help="curate: comma-separated detectors for the audit "
+                                       "(default: cleansers.DEFAULT_DETECTORS)")
     t.add_argument("--set", dest="detector_set", action="append", default=[], metavar="DETECTOR.OPTION=VALUE",
                    help="curate: a detector option for the audit, e.g. abl.epochs=10; repeatable")
     t.add_argument("--relabel", action="store_true",
@@ -81,7 +82,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     curate = args.defense == "curate"
     if not curate and (args.detectors or args.detector_set or args.relabel):
         raise VetsetError("--detectors, --set and --relabel apply to --defense curate only")
-    if args.scores and args.defense not in ("curate", "pdb", "abl"):
+    from trainers.defenses import reads_scores
+
+    if args.scores and not reads_scores(args.defense):
         raise VetsetError("--scores applies to --defense curate (rows to drop), pdb (rows never drawn as "
                           "defensive rows) and abl (rows to unlearn) only")
     extra = {}

@@ -12,13 +12,13 @@ seed, log) -> (model, info)``, built on :func:`trainers.loop.fit` and its hooks:
 
 Use :func:`build_defense` (name + options) or the classes directly.
 """
-from .base import DEFENSES, Defense, build_defense, defense_names
+from .base import DEFENSES, Defense, build_defense, defense_names, reads_scores
 from . import none, abl, pdb, curate  # noqa: F401,E402  (registration)
 from .abl import ABLDefense, isolate, train_isolation_model
 from .curate import CurateDefense, curate_dataset, load_scores
 from .none import NoDefense
 from .pdb import PDBDefense, defensive_rows, stamp_defensive_trigger
 
-__all__ = ["DEFENSES", "Defense", "build_defense", "defense_names", "ABLDefense", "isolate",
+__all__ = ["DEFENSES", "Defense", "build_defense", "defense_names", "reads_scores", "ABLDefense", "isolate",
            "train_isolation_model", "CurateDefense", "curate_dataset", "load_scores", "NoDefense",
            "PDBDefense", "defensive_rows", "stamp_defensive_trigger"]

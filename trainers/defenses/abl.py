@@ -116,9 +116,9 @@ class ABLDefense(Defense):
             isolated = np.flatnonzero(flagged_mask(ds, c.scores))
         rest = np.setdiff1d(np.arange(len(ds)), isolated)
         if log is not None:
-            log(f"[abl] isolated {len(isolated)} of {len(ds)} rows" + (" (the scores table's flagged rows)"
-                if c.scores is not None else "") + " (loss <= "
-                f"{losses[isolated].max() if len(isolated) else float('nan'):.4f}; median {np.median(losses):.4f})")
+            how = ("the scores table's flagged rows" if c.scores is not None else
+                   f"loss <= {losses[isolated].max() if len(isolated) else float('nan'):.4f}")
+            log(f"[abl] isolated {len(isolated)} of {len(ds)} rows ({how}; median loss {np.median(losses):.4f})")
 
         # 2. fine-tuning on the rest
         ft_cfg = cfg if c.finetune_epochs is None else cfg.replace(epochs=c.finetune_epochs)

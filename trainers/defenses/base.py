@@ -69,6 +69,13 @@ def defense_names() -> list[str]:
     return DEFENSES.names()
 
 
+def reads_scores(name: str) -> bool:
+    """Whether defense ``name`` takes an audit's scores table (a ``scores`` field in its
+    Config): curate drops its flagged rows, ABL unlearns them, PDB never draws them as
+    defensive rows."""
+    return "scores" in {f.name for f in fields(DEFENSES.get(name).Config)}
+
+
 # --------------------------------------------------------------------------- shared helpers
 
 
