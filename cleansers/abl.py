@@ -53,7 +53,11 @@ class ABLDetector(Detector):
         gamma: 0.5, both. loss_form: "sign" (authors' code) or "flood".
         batch_size: 128, BackdoorBench (the authors: 64).
         momentum 0.9, weight_decay 5e-4: BackdoorBench's SGD (the authors: wd 1e-4).
-        augment: RandomCrop(pad 4, zero padding) + flip, as in both codes' training transform.
+        augment: False, as in the authors' isolation loader (ToTensor only); BackdoorBench
+            isolates with RandomCrop(pad 4) + flip (``True``). Without augmentation the
+            trigger is learned first; with it, on a 6,000-row CIFAR-10 slice with a 3x3 patch,
+            the isolation loss ranked the poisoned rows worse than chance (AUROC 0.38 vs 0.92
+            without; docs/benchmarks.md, "Defenses").
         isolation_ratio: None = ctx.expected_dirty_rate (ABL's own is 0.01).
         device: None = the audit's ``ctx.device``.
         """
@@ -66,7 +70,7 @@ class ABLDetector(Detector):
         batch_size: int = 128
         momentum: float = 0.9
         weight_decay: float = 5e-4
-        augment: bool = True
+        augment: bool = False
         isolation_ratio: float | None = None
         eval_batch_size: int = 1024
         device: str | None = None
