@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..loop import TrainHooks, fit
+from ..loop import OPTIMIZERS, TrainHooks, fit
 from .base import register
 from .common import clean_arrays, epochs_for_steps, eval_mode, fine_tune_config, freeze_batchnorm, logits_of
 
@@ -26,13 +26,19 @@ from .common import clean_arrays, epochs_for_steps, eval_mode, fine_tune_config,
 @dataclass
 class AWMConfig:
     """Chosen here after the paper's description (not its exact published values): ``steps``
-    outer steps (SGD on the masks, lr 0.01, batch 128 or the whole few-shot set); per step
+    outer steps (``mask_optimizer`` SGD on the masks, lr 0.01, batch 128 or the whole
+    few-shot set; the authors' code uses Adam at 0.01: ``mask_optimizer="adam"``). A mask's
+    gradient is its weight times the weight's gradient, so SGD moves only the masks of
+    influential weights (mean mask ~0.9995 after 24-60 steps) while Adam moves every mask by
+    about lr a step; on the digits test SGD lowered ASR more (0.52 against 0.82 at 24 steps),
+    on the CIFAR-10 CPU slice Adam did (0.78 against 0.86 at 60 steps). Per step
     ``inner_steps`` 5 Adam steps (lr 0.1) on the trigger, whose mask L1 is bounded by
     ``trigger_area`` x H x W; ``alpha`` 0.9 weighs clean CE against trigger CE; ``gamma``
     the mask L1 penalty (1e-7, per weight)."""
 
     steps: int = 400
     lr: float = 0.01
+    mask_optimizer: str = "sgd"
     batch_size: int = 128
     inner_steps: int = 5
     trigger_lr: float = 0.1
@@ -40,6 +46,10 @@ class AWMConfig:
     alpha: float = 0.9
     gamma: float = 1e-7
     augment: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mask_optimizer not in OPTIMIZERS:
+            raise ValueError(f"mask_optimizer must be one of {OPTIMIZERS}, got {self.mask_optimizer!r}")
 
 
 class WeightMask(nn.Module):
@@ -110,7 +120,8 @@ def purify_awm(model, clean, cfg: AWMConfig, *, device, seed, log):
 
     bs = max(2, min(cfg.batch_size, len(images)))
     tc = fine_tune_config(epochs=epochs_for_steps(cfg.steps, len(images), bs), batch_size=bs, lr=cfg.lr,
-                          device=device, seed=seed, weight_decay=0.0, augment=cfg.augment, n_rows=len(images))
+                          device=device, seed=seed, optimizer=cfg.mask_optimizer, weight_decay=0.0,
+                          augment=cfg.augment, n_rows=len(images))
     hooks = TrainHooks(loss_fn=lambda per, logits, y, bidx: cfg.alpha * per.mean(), extra_loss=extra_loss,
                        after_step=clamp_masks, on_epoch_start=lambda e, m: freeze_batchnorm(m))
     try:

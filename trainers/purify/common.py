@@ -80,6 +80,22 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextmanager
+def running_stats_frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """BatchNorm layers keep normalising with the batch's statistics (train mode) but do not
+    update their running statistics (momentum 0): for a second forward pass on the same
+    batch at perturbed weights (SAM, the gradient-norm penalty), whose statistics must not
+    leak into the model used at inference."""
+    saved = [(m, m.momentum) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m, _ in saved:
+        m.momentum = 0.0
+    try:
+        yield model
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+
+
+@contextmanager
 def requires_grad_only(model: nn.Module, params: list[nn.Parameter]) -> Iterator[None]:
     """Train only ``params``; restore every parameter's requires_grad afterwards."""
     before = [(p, p.requires_grad) for p in model.parameters()]
@@ -145,10 +161,11 @@ def _with_grad(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad and p.grad is not None]
 
 
-def asam_hook(rho: float, eta: float = 0.01) -> Callable[[nn.Module, Callable[[], torch.Tensor]], None]:
-    """Adaptive SAM (Kwon et al. 2021) as an ``after_backward`` hook: with T_w = |w| + eta,
-    eps = rho T_w^2 g / ||T_w g||; the gradient taken at w + eps replaces g (FT-SAM,
-    specs/defenses.md: eps = rho w^2 g / || |w| g ||, rho 2.0)."""
+def asam_hook(rho: float, eta: float = 0.0) -> Callable[[nn.Module, Callable[[], torch.Tensor]], None]:
+    """Adaptive SAM as an ``after_backward`` hook: with T_w = |w| + eta,
+    eps = rho T_w^2 g / ||T_w g||; the gradient taken at w + eps replaces g. ``eta`` 0 is
+    FT-SAM's form (specs/defenses.md: eps = rho w^2 g / || |w| g ||, rho 2.0); Kwon et al.
+    2021 add eta 0.01. The second pass does not update BatchNorm's running statistics."""
 
     def hook(model: nn.Module, recompute: Callable[[], torch.Tensor]) -> None:
         params = _with_grad(model)
@@ -162,7 +179,8 @@ def asam_hook(rho: float, eta: float = 0.01) -> Callable[[nn.Module, Callable[[]
             for p, e in zip(params, eps):
                 p.add_(e)
                 p.grad = None
-        recompute().backward()
+        with running_stats_frozen(model):
+            recompute().backward()
         with torch.no_grad():
             for p, e in zip(params, eps):
                 p.sub_(e)
@@ -174,7 +192,8 @@ def asam_hook(rho: float, eta: float = 0.01) -> Callable[[nn.Module, Callable[[]
 
 def gradient_norm_hook(r: float, alpha: float) -> Callable[[nn.Module, Callable[[], torch.Tensor]], None]:
     """TSBD's gradient-norm penalty as an ``after_backward`` hook: g1 at w, g2 at
-    w + r g1 / ||g1||; the update uses (1 - alpha) g1 + alpha g2."""
+    w + r g1 / ||g1||; the update uses (1 - alpha) g1 + alpha g2. The second pass does not
+    update BatchNorm's running statistics."""
 
     def hook(model: nn.Module, recompute: Callable[[], torch.Tensor]) -> None:
         params = _with_grad(model)
@@ -187,7 +206,8 @@ def gradient_norm_hook(r: float, alpha: float) -> Callable[[nn.Module, Callable[
             for p, e in zip(params, eps):
                 p.add_(e)
                 p.grad = None
-        recompute().backward()
+        with running_stats_frozen(model):
+            recompute().backward()
         with torch.no_grad():
             for p, e, g in zip(params, eps, g1):
                 p.sub_(e)

@@ -12,14 +12,15 @@ from .common import asam_hook, clean_arrays, fine_tune_config
 @dataclass
 class FTSAMConfig:
     """specs/defenses.md: eps = rho w^2 g / || |w| g ||, rho 2.0, label smoothing 0.1,
-    SGD lr 0.01, cosine, 100 epochs, batch 256, standard augmentation. ``eta`` is ASAM's
-    offset for |w| (0.01, Kwon et al. 2021)."""
+    SGD lr 0.01, cosine, 100 epochs, batch 256, standard augmentation. ``eta`` is an
+    offset for |w| (0 as in that formula and BackdoorBench's FT-SAM; Kwon et al.'s ASAM
+    uses 0.01)."""
 
     epochs: int = 100
     lr: float = 0.01
     batch_size: int = 256
     rho: float = 2.0
-    eta: float = 0.01
+    eta: float = 0.0
     label_smoothing: float = 0.1
     weight_decay: float = 5e-4
 

@@ -5,7 +5,8 @@ features out, with targeted adversarial examples standing in for the unknown tri
 The inserted layer is recorded as the ``insert_polarizer`` modification (see
 :mod:`trainers.purify.layers`), so the saved model rebuilds it. The polarizer starts as the
 identity: its BatchNorm is set to the clean features' statistics, with an affine transform
-that undoes them.
+that undoes them. Warm-up epochs train it (BN in train mode) on clean CE; the adversarial
+epochs keep its BN in eval mode (running statistics frozen), as the authors' code does.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ class NPDConfig:
     last 3x3 conv for other nets); 5 warm-up epochs of CE at lr 1e-4, then 50 epochs SGD lr
     0.01, cosine, batch 128; per batch a targeted L2 attack (radius 3.0, 2 steps) toward the
     most likely wrong class; loss = CE(x, y) + 0.4 CE(x_adv, clean prediction)
-    + 0.4 [-log(1 - p_adv(top wrong))] + 0.4 [-log(1 - p_adv(attack target))]."""
+    + 0.4 [-log(1 - p_adv(top wrong))] + 0.4 [-log(1 - p_adv(attack target))].
+    ``augment`` False: the authors' code feeds the clean set without crop or flip."""
 
     layer: str | None = None
     warmup_epochs: int = 5
@@ -37,7 +39,7 @@ class NPDConfig:
     radius: float = 3.0
     attack_steps: int = 2
     weight: float = 0.4
-    augment: bool = True
+    augment: bool = False
 
 
 @torch.no_grad()
@@ -86,9 +88,16 @@ def purify_npd(model, clean, cfg: NPDConfig, *, device, seed, log):
     for p in train_params:
         p.requires_grad_(True)
 
-    def only_polarizer_trains(epoch, m) -> None:
+    def warmup_mode(epoch, m) -> None:  # frozen net in eval; the polarizer's BN learns clean statistics
         m.eval()
         pol.train()
+
+    def adversarial_mode(epoch, m) -> None:
+        # everything in eval, the polarizer's BN included (as the authors' code does): in train
+        # mode the clean and the adversarial forward passes would each be normalised with their
+        # own batch statistics, which hides the feature shift the polarizer must learn to
+        # undo, and the running statistics would absorb the adversarial features
+        m.eval()
 
     def extra_loss(m, x, y, logits, bidx):
         with torch.no_grad(), eval_mode(m):
@@ -116,12 +125,12 @@ def purify_npd(model, clean, cfg: NPDConfig, *, device, seed, log):
             tc = fine_tune_config(epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, lr=cfg.warmup_lr,
                                   device=device, seed=seed, schedule="constant", augment=cfg.augment,
                                   n_rows=len(images))
-            model = fit(model, images, labels, tc, TrainHooks(on_epoch_start=only_polarizer_trains)).model
+            model = fit(model, images, labels, tc, TrainHooks(on_epoch_start=warmup_mode)).model
         if cfg.epochs > 0:
             tc = fine_tune_config(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, device=device,
                                   seed=seed + 1, augment=cfg.augment, n_rows=len(images))
             model = fit(model, images, labels, tc,
-                        TrainHooks(on_epoch_start=only_polarizer_trains, extra_loss=extra_loss)).model
+                        TrainHooks(on_epoch_start=adversarial_mode, extra_loss=extra_loss)).model
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
