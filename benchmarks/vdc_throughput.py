@@ -6,6 +6,11 @@ GPU (the issue's measurement; random weights, the compute of the real model)::
 
     python benchmarks/vdc_throughput.py --arch llava-1.5-7b --device cuda --out vdc_bench.json
 
+CPU, the same sequence lengths with narrow layers (what prefix sharing saves, at CPU scale)::
+
+    python benchmarks/vdc_throughput.py --arch llava-1.5-small --device cpu --images 16 --batch-sizes 8 16 \
+        --generate-images 8 --generate-batch 12 --one-by-one-images 2 --threads 1
+
 CPU smoke run with a tiny random LLaVA (tests/vdc_tiny.py)::
 
     python benchmarks/vdc_throughput.py --arch tiny --device cpu --images 16 --batch-sizes 8 16 --threads 1
@@ -41,40 +46,53 @@ QUESTIONS = [Question("describe", "Describe the image in detail."),
 NEVER = ["zzzzqqq"]  # a stop term that never appears: descriptions run to max_new_tokens
 
 
-def build_llava_7b(device: str):
-    """LLaVA-1.5-7B's configuration (CLIP ViT-L/14-336 + Vicuna-7B), random weights, bf16,
-    built in memory, with the word-level tokenizer of tests/vdc_tiny.py (the model's vocabulary
-    size is the real one; prompts are about as long as with the real tokenizer)."""
+# (hidden, intermediate, layers, heads) of the vision tower and of the language model
+LLAVA_SHAPES = {
+    # CLIP ViT-L/14-336 + Vicuna-7B: the issue's measurement
+    "llava-1.5-7b": {"vision": (1024, 4096, 24, 16), "text": (4096, 11008, 32, 32)},
+    # the same sequence lengths (576 image tokens at 336 px, the real vocabulary, the real
+    # prompts) with narrow, shallow layers: what prefix sharing saves, measurable on a CPU
+    "llava-1.5-small": {"vision": (256, 1024, 4, 4), "text": (512, 1376, 4, 8)},
+}
+
+
+def build_llava(device: str, shape: str):
+    """A LLaVA-1.5 layout (CLIP ViT/14 at 336 px + a Llama language model) of the given shape,
+    random weights (bf16 on CUDA, fp32 elsewhere), built in memory, with the word-level
+    tokenizer of tests/vdc_tiny.py (the vocabulary size is the real one; prompts are about as
+    long as with the real tokenizer)."""
     import torch
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
     from vdc_tiny import LLAVA_TEMPLATE, _tokenizer
 
+    (vh, vi, vl, va), (th, ti, tl, ta) = LLAVA_SHAPES[shape]["vision"], LLAVA_SHAPES[shape]["text"]
     tok = _tokenizer(["<pad>", "<unk>", "<s>", "</s>", "<image>"], LLAVA_TEMPLATE, additional_special_tokens=["<image>"])
-    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+    vision = CLIPVisionConfig(hidden_size=vh, intermediate_size=vi, num_hidden_layers=vl, num_attention_heads=va,
                               image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
-    text = LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+    text = LlamaConfig(vocab_size=32064, hidden_size=th, intermediate_size=ti, num_hidden_layers=tl,
+                       num_attention_heads=ta, num_key_value_heads=ta, max_position_embeddings=4096,
                        rms_norm_eps=1e-5, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                        pad_token_id=tok.pad_token_id)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
                          vision_feature_layer=-2, vision_feature_select_strategy="default",
                          projector_hidden_act="gelu")
     config.pad_token_id = tok.pad_token_id
+    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     torch.manual_seed(0)
     prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
+    torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
             model = LlavaForConditionalGeneration(config)
     finally:
         torch.set_default_dtype(prev)
-    model = model.to(device=device, dtype=torch.bfloat16).eval()
+    model = model.to(device=device, dtype=dtype).eval()
     processor = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 336},
                                                                   crop_size={"height": 336, "width": 336}),
                                tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
                                chat_template=LLAVA_TEMPLATE, num_additional_image_tokens=1, image_token="<image>")
-    return model, processor, "llava-1.5-7b-random"
+    return model, processor, f"{shape}-random"
 
 
 def build_tiny(device: str):
@@ -112,7 +130,7 @@ def run(backend, images, terms, sync) -> float:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", choices=["llava-1.5-7b", "tiny"], default="llava-1.5-7b")
+    ap.add_argument("--arch", choices=[*LLAVA_SHAPES, "tiny"], default="llava-1.5-7b")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--images", type=int, default=256, help="images for the batched paths")
     ap.add_argument("--one-by-one-images", type=int, default=3)
@@ -133,7 +151,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    model, processor, name = (build_llava_7b if args.arch == "llava-1.5-7b" else build_tiny)(args.device)
+    model, processor, name = build_tiny(args.device) if args.arch == "tiny" else build_llava(args.device, args.arch)
     model.generation_config.eos_token_id = None  # full-length descriptions (see the module docstring)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (args.images, args.image_size, args.image_size, 3), dtype=np.uint8)
