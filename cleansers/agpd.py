@@ -224,7 +224,7 @@ class AGPD(Detector):
         named = main_path_convs(dm.model, cfg.include_stem)
         layers = [m for _, m in named]
         grads = activation_gradients(dm.model, data.images, data.labels, layers, dm.device, cfg.batch_size)
-        g0, ref_source = self._reference(data, ctx, dm, layers, grads)
+        g0, ref_source, trusted_classes = self._reference(data, ctx, dm, layers, grads)
         K, L = data.num_classes, len(layers)
         labels_t = torch.as_tensor(data.labels, device=dm.device)
 
@@ -286,6 +286,9 @@ class AGPD(Detector):
                            if targets else
                            f"no target class (largest z {info['max_z']:.2f} < {cfg.z_threshold:.2f}, no last-stage "
                            f"rho > {cfg.fallback_rho}): declared clean")
+        if targets and any(k not in trusted_classes for k in targets):
+            info["finding"] += ("; its clean reference came from the data (no trusted row for the class), which can "
+                                "sit among the poisoned rows and flag the clean part instead: pass --trusted to be sure")
         return DetectorResult(self.name, score, flag, None, info)
 
     @staticmethod
@@ -300,8 +303,9 @@ class AGPD(Detector):
             out.append(i)
         return sorted(out)
 
-    def _reference(self, data: ImageDataset, ctx: AuditContext, dm, layers, grads) -> tuple[list[list], str]:
-        """g0 per layer and class (None where a class has no reference row)."""
+    def _reference(self, data: ImageDataset, ctx: AuditContext, dm, layers, grads) -> tuple[list[list], str, set]:
+        """g0 per layer and class (None where a class has no reference row), where it came
+        from, and the classes whose reference rows are trusted ones."""
         cfg: AGPDConfig = self.config
         K = data.num_classes
         source = "auto"
@@ -335,4 +339,4 @@ class AGPD(Detector):
                 src = trusted_grads[l] if kind == "trusted" else grads[l]
                 row.append(src[torch.as_tensor(r, device=dm.device)].mean(0))
             g0.append(row)
-        return g0, source
+        return g0, source, {k for k, (kind, _) in per_class.items() if kind == "trusted"}
