@@ -43,19 +43,21 @@ from trainers.train import channel_stats  # noqa: E402
 
 METHODS = ["ft", "fp", "nc", "sau", "npd", "ftsam", "tsbd", "awm", "strip"]
 ATTACKS = ["badnets", "blended", "sig", "wanet"]
-# Short schedules for the CPU measurement (the GPU run uses the published defaults); each
-# method finished in under 5 minutes on one thread (docs/benchmarks.md).
+# CPU schedules (the GPU run uses the published defaults). The rule: each method's defaults
+# (published where the spec gives them), with only the number of epochs / steps cut so that it
+# finishes in under 5 minutes on one thread; TSBD's unlearning lr raised because at 1e-4 it
+# does not reach its 10% stopping point within the cap. Not tuned on ASR (docs/benchmarks.md).
 CPU_OPTIONS = {
-    "ft": {"epochs": 10},
-    "fp": {"epochs": 10},
+    "ft": {},  # the default 20 epochs
+    "fp": {},  # the default 10 fine-tuning epochs
     # NC: with 10 reversal epochs of batch 128 (3 steps each) the masks stayed at 200-300 px and
     # nothing was flagged; 60 epochs of batch 32 reach the 3x3 trigger's class (~190 s, 1 thread)
     "nc": {"reverse_epochs": 60, "reverse_rows": 300, "reverse_batch_size": 32, "epochs": 10},
-    "sau": {"epochs": 10, "lr": 1e-3, "batch_size": 128},
-    "npd": {"warmup_epochs": 2, "epochs": 10},
-    "ftsam": {"epochs": 10, "batch_size": 128},
-    "tsbd": {"unlearn_lr": 1e-2, "unlearn_max_epochs": 30, "epochs": 10},
-    "awm": {"steps": 60, "batch_size": 100},
+    "sau": {"epochs": 30, "batch_size": 128},  # published lr 1e-4 (100 epochs of batch 256 take ~8 min)
+    "npd": {},  # published: 5 warm-up + 50 epochs
+    "ftsam": {},  # published: 100 epochs of batch 256
+    "tsbd": {"unlearn_lr": 1e-2, "unlearn_max_epochs": 30},  # published 20 fine-tuning epochs
+    "awm": {"steps": 200},  # 400 default steps take ~5 min on 300 rows
     "strip": {},
 }
 BACKDOORBENCH = {  # specs/defenses.md (lossless CIFAR-10; our data is JPEG q75)
