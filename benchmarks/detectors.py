@@ -7,8 +7,10 @@ trained once per scenario and shared by the detectors of that audit). Prints, pe
 and for the fusion, TPR / FPR / F1 / AUROC (all dirt, poisoned only, noisy only) and the
 time each took, and writes them as JSON.
 
-GPU machine (full train set, PreAct-ResNet18 picked automatically on CUDA):
-    python benchmarks/detectors.py --data .device-data/cifar10 --device cuda \
+GPU machine (full train set, PreAct-ResNet18 picked automatically on CUDA; AGPD as published
+reads a few clean rows per class, here 10 test rows per class; drop --trusted-per-class for
+the audit a user without a trusted set gets):
+    python benchmarks/detectors.py --data .device-data/cifar10 --device cuda --trusted-per-class 10 \
         --scenarios badnets,blended,sig,wanet,hybrid --json $OUT/detectors.json
 CPU (6,000-row slice, 5% BadNets; the small CNN picked automatically on the CPU):
     python benchmarks/detectors.py --data ../shared/data/cifar10 --rows 6000 \
