@@ -29,8 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from pipelines.dataset import ImageDataset
-from trainers.augment import AugmentConfig
-from trainers.defenses.abl import isolate, train_isolation_model
+from trainers.defenses.abl import isolate, isolation_config, train_isolation_model
 from trainers.loop import TrainConfig
 from trainers.models import build_model
 from trainers.train import channel_stats
@@ -79,12 +78,11 @@ class ABLDetector(Detector):
     _NOT_IN_KEY = ("isolation_ratio", "eval_batch_size", "device")
 
     def train_config(self, seed: int, device: str) -> TrainConfig:
+        """The isolation recipe shared with ABL the defense (:func:`isolation_config`)."""
         c = self.config
-        return TrainConfig(
-            epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, momentum=c.momentum,
-            weight_decay=c.weight_decay, nesterov=False, schedule="constant", label_smoothing=0.0,
-            augment=AugmentConfig(crop=c.augment, flip=c.augment, pad_mode="zero"),
-            device=device, seed=seed, eval_batch_size=c.eval_batch_size)
+        return isolation_config(epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, momentum=c.momentum,
+                                weight_decay=c.weight_decay, augment=c.augment, device=device, seed=seed,
+                                eval_batch_size=c.eval_batch_size)
 
     def cache_key(self, data: ImageDataset, seed: int) -> tuple:
         cfg = {k: v for k, v in asdict(self.config).items() if k not in self._NOT_IN_KEY}

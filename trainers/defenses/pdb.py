@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
 from ..augment import crop_flip, to_float
 from ..loop import TrainHooks, _batches, fit, resolve_device
 from ..saved import DefensiveTrigger, pdb_trigger_slices
