@@ -49,7 +49,11 @@ def test_serve_trigger_run_read_state_artifacts_and_event(poisoned_cifar, prefec
         audit = _wait(lambda: deployment("audit/test-audit"), 180, "the audit deployment")
         assert audit["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
         curate = _wait(lambda: deployment("curate-then-train/test-curate"), 30, "the curate deployment")
-        run = api.post(f"/deployments/{audit['id']}/create_flow_run", json={}).json()
+        created = api.post(f"/deployments/{audit['id']}/create_flow_run", json={})
+        # the server's answer in full when it is not a flow run (seen once in CI: a body without
+        # an "id", not reproduced in 2 reruns)
+        assert created.status_code in (200, 201), (created.status_code, created.text[:2000])
+        run = created.json()
 
         def finished():
             state = api.get(f"/flow_runs/{run['id']}").json()["state"]
