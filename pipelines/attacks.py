@@ -1,4 +1,5 @@
-"""Backdoor attack simulators: BadNets, Blended, SIG and WaNet.
+"""Backdoor attack simulators: BadNets, a random patch, Blended (seeded or any key image),
+SIG, WaNet, a low-frequency additive trigger and a Trojan-style watermark.
 
 Defaults follow ``shared/specs/attacks.md``, which in turn follows BackdoorBench
 (Wu et al., NeurIPS 2022 Datasets & Benchmarks; ``resource/`` and ``attack/*.py``):
@@ -219,10 +220,18 @@ class BlendedParams:
     0..255 values (``np.random.default_rng([seed, 1])``) upsampled bilinearly to the image
     size, i.e. a smooth colourful blob image. ``key_cells = 0`` gives full-resolution
     i.i.d. uniform noise instead (Chen et al.'s random-noise key).
+
+    ``key``: an image file to blend instead (any format PIL reads; e.g. BackdoorBench's
+    cartoon), or ``"skimage:NAME"`` for a photo that ships with scikit-image
+    (``skimage.data``: astronaut, chelsea, coffee, ...). It is resized to the image size
+    (bicubic) and stored in the trigger spec as ``key_data`` (base64 PNG of the resized
+    key), so ``apply_trigger`` rebuilds the trigger without the file.
     """
 
     alpha: float = 0.2
     key_cells: int = 4
+    key: str | None = None
+    key_data: str | None = None
 
     def __post_init__(self) -> None:
         self.alpha = float(self.alpha)
@@ -254,9 +263,19 @@ class Blended(Attack):
     Params = BlendedParams
     clean_label = False
 
+    def __init__(self, params: Any, target: int, seed: int, image_size: tuple[int, int]):
+        super().__init__(params, target, seed, image_size)
+        if self.params.key is not None and self.params.key_data is None:
+            self.params.key_data = encode_key(load_key_image(self.params.key, self.image_size))
+
     def key(self) -> np.ndarray:
         """The key image k, float32 (H, W, 3) on the 0..255 scale."""
         h, w = self.image_size
+        if self.params.key_data is not None:
+            k = decode_key(self.params.key_data)
+            if k.shape[:2] != (h, w):
+                raise VetsetError(f"blended key_data is {k.shape[0]}x{k.shape[1]}, the images {h}x{w}")
+            return k.astype(np.float32)
         rng = np.random.default_rng([self.seed, 1])
         cells = self.params.key_cells
         if cells == 0:
@@ -268,6 +287,62 @@ class Blended(Attack):
         a = np.float32(self.params.alpha)
         x = images.astype(np.float32)
         return _to_u8((np.float32(1) - a) * x + a * self.key()[None])
+
+
+def load_key_image(key: str, image_size: tuple[int, int]) -> np.ndarray:
+    """A key image as uint8 (H, W, 3) at ``image_size``: a file path, or ``skimage:NAME``."""
+    import io
+    from pathlib import Path
+
+    from PIL import Image
+
+    if key.startswith("skimage:"):
+        name = key.split(":", 1)[1]
+        try:
+            from skimage import data as skdata
+        except ImportError:
+            raise VetsetError(f"blended key {key!r} needs scikit-image (pip install scikit-image)") from None
+        loader = getattr(skdata, name, None)
+        if loader is None or not callable(loader):
+            raise VetsetError(f"blended key {key!r}: skimage.data has no image {name!r}")
+        arr = np.asarray(loader())
+        if arr.ndim == 2:
+            arr = np.stack([arr] * 3, axis=-1)
+        img = Image.fromarray(arr[..., :3].astype(np.uint8))
+    else:
+        path = Path(key)
+        if not path.is_file():
+            raise VetsetError(f"blended key {key}: no such image file")
+        try:
+            img = Image.open(io.BytesIO(path.read_bytes()))
+            img.load()
+        except Exception as exc:
+            raise VetsetError(f"blended key {key}: not an image PIL can read ({str(exc).splitlines()[0]})") from None
+    h, w = image_size
+    return np.asarray(img.convert("RGB").resize((w, h), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def encode_key(key: np.ndarray) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(key, dtype=np.uint8)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_key(data: str) -> np.ndarray:
+    import base64
+    import io
+
+    from PIL import Image
+
+    try:
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"), dtype=np.uint8)
+    except Exception as exc:
+        raise VetsetError(f"blended key_data is not a base64 PNG ({str(exc).splitlines()[0]})") from None
 
 
 # ----------------------------------------------------------------------------------------
@@ -393,3 +468,167 @@ class WaNet(Attack):
         ins = rng.uniform(-1.0, 1.0, size=(len(images), h, w, 2)).astype(np.float32)
         grids = np.clip(self.grid()[None] + ins / np.float32(h), -1, 1).astype(np.float32)
         return self._warp(images, grids)
+
+
+# ----------------------------------------------------------------------------------------
+# A random patch (BadNets' family, somewhere else and in other colours)
+# ----------------------------------------------------------------------------------------
+@dataclass
+class PatchParams:
+    """A ``size`` x ``size`` patch stamped onto every poisoned image. ``pattern``: "checker"
+    (two seeded colours in a checkerboard, a classic BadNets variant), "random" (seeded
+    i.i.d. pixel colours) or "solid" (one seeded colour). ``position``: "random" (a seeded
+    top-left corner anywhere in the image) or one of the four corners. Everything comes from
+    the seed (``np.random.default_rng([seed, 3])``), so hidden cases differ from BadNets'
+    fixed white corner square in colour, texture and place."""
+
+    size: int = 4
+    pattern: str = "checker"
+    position: str = "random"
+
+    def __post_init__(self) -> None:
+        self.size = int(self.size)
+        if self.size < 1:
+            raise VetsetError("patch size must be >= 1")
+        if self.pattern not in ("checker", "random", "solid"):
+            raise VetsetError(f"patch pattern {self.pattern!r} is not checker, random or solid")
+        if self.position not in ("random", "bottom_right", "bottom_left", "top_right", "top_left"):
+            raise VetsetError(f"patch position {self.position!r} is not random or a corner")
+
+
+@ATTACKS.register("patch")
+class Patch(Attack):
+    name = "patch"
+    Params = PatchParams
+    clean_label = False
+
+    def layout(self) -> tuple[int, int, np.ndarray]:
+        """(top, left, the uint8 (size, size, 3) patch)."""
+        p: PatchParams = self.params
+        h, w = self.image_size
+        if p.size > min(h, w):
+            raise VetsetError(f"patch of {p.size} px does not fit a {h}x{w} image")
+        rng = np.random.default_rng([self.seed, 3])
+        colours = rng.integers(0, 256, size=(2, 3))
+        while np.abs(colours[0] - colours[1]).sum() < 200:  # two colours that differ clearly
+            colours = rng.integers(0, 256, size=(2, 3))
+        if p.pattern == "checker":
+            yy, xx = np.mgrid[:p.size, :p.size]
+            patch = colours[(yy + xx) % 2]
+        elif p.pattern == "random":
+            patch = rng.integers(0, 256, size=(p.size, p.size, 3))
+        else:
+            patch = np.broadcast_to(colours[0], (p.size, p.size, 3))
+        if p.position == "random":
+            top, left = int(rng.integers(0, h - p.size + 1)), int(rng.integers(0, w - p.size + 1))
+        else:
+            top = 0 if p.position.startswith("top") else h - p.size
+            left = 0 if p.position.endswith("left") else w - p.size
+        return top, left, np.asarray(patch, dtype=np.uint8)
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        top, left, patch = self.layout()
+        out = images.copy()
+        out[:, top:top + patch.shape[0], left:left + patch.shape[1], :] = patch
+        return out
+
+
+# ----------------------------------------------------------------------------------------
+# Low-frequency additive trigger
+# ----------------------------------------------------------------------------------------
+@dataclass
+class LowFreqParams:
+    """A smooth, image-wide additive trigger (after the low-frequency attack of Zeng et al.,
+    "Rethinking the backdoor attacks' triggers: a frequency perspective", ICCV 2021, whose
+    trigger is a universal perturbation low-pass filtered so that no high-frequency artefact
+    gives it away). Ours is seeded rather than optimised: random Gaussian coefficients on the
+    2-D Fourier frequencies up to ``cutoff`` cycles per image (per channel; the DC term left
+    out), inverse-transformed and scaled to an L-inf norm of ``amplitude`` (of 255), then
+    added and clipped."""
+
+    amplitude: float = 24.0
+    cutoff: int = 3
+
+    def __post_init__(self) -> None:
+        self.amplitude = float(self.amplitude)
+        self.cutoff = int(self.cutoff)
+        if self.amplitude <= 0 or self.cutoff < 1:
+            raise VetsetError("lowfreq amplitude must be > 0 and cutoff >= 1")
+
+
+@ATTACKS.register("lowfreq")
+class LowFreq(Attack):
+    name = "lowfreq"
+    Params = LowFreqParams
+    clean_label = False
+
+    def pattern(self) -> np.ndarray:
+        """The additive signal, float32 (H, W, 3) with max |value| = amplitude."""
+        h, w = self.image_size
+        p: LowFreqParams = self.params
+        rng = np.random.default_rng([self.seed, 4])
+        spec = np.zeros((3, h, w), dtype=np.complex128)
+        for fy in range(-p.cutoff, p.cutoff + 1):
+            for fx in range(-p.cutoff, p.cutoff + 1):
+                if (fy, fx) != (0, 0) and fy * fy + fx * fx <= p.cutoff * p.cutoff:
+                    spec[:, fy % h, fx % w] = rng.normal(size=3) + 1j * rng.normal(size=3)
+        field = np.fft.ifft2(spec, axes=(1, 2)).real  # a real field (the Hermitian half is implied)
+        field = field / max(np.abs(field).max(), 1e-12) * p.amplitude
+        return np.transpose(field, (1, 2, 0)).astype(np.float32)
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        return _to_u8(images.astype(np.float32) + self.pattern()[None])
+
+
+# ----------------------------------------------------------------------------------------
+# Trojan-style watermark
+# ----------------------------------------------------------------------------------------
+@dataclass
+class TrojanParams:
+    """A watermark in the style of TrojanNN (Liu et al., NDSS 2018), whose trigger is a logo
+    stamped on a corner: a seeded binary glyph (``cells`` x ``cells`` blocks, about half of
+    them on) covering ``size`` (a fraction of the shorter side) in the ``corner``, its "on"
+    pixels blended towards a seeded bright colour with ``alpha``. Larger and fainter than a
+    BadNets square, and shaped like a mark rather than a block."""
+
+    size: float = 0.3
+    cells: int = 5
+    alpha: float = 0.7
+    corner: str = "bottom_right"
+
+    def __post_init__(self) -> None:
+        self.size = float(self.size)
+        self.cells = int(self.cells)
+        self.alpha = float(self.alpha)
+        if not 0 < self.size <= 1 or self.cells < 2 or not 0 < self.alpha <= 1:
+            raise VetsetError("trojan size must be in (0, 1], cells >= 2, alpha in (0, 1]")
+        if self.corner not in ("bottom_right", "bottom_left", "top_right", "top_left"):
+            raise VetsetError(f"trojan corner {self.corner!r} is not one of the four corners")
+
+
+@ATTACKS.register("trojan")
+class Trojan(Attack):
+    name = "trojan"
+    Params = TrojanParams
+    clean_label = False
+
+    def mask_and_colour(self) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 (H, W, 1) mask of the glyph's pixels times alpha, float32 (3,) colour)."""
+        h, w = self.image_size
+        p: TrojanParams = self.params
+        rng = np.random.default_rng([self.seed, 5])
+        glyph = rng.random((p.cells, p.cells)) < 0.5
+        glyph[rng.integers(0, p.cells), :] = True  # a stroke across, so it reads as a mark
+        side = max(p.cells, int(round(p.size * min(h, w))))
+        block = np.kron(glyph, np.ones((side // p.cells + 1, side // p.cells + 1)))[:side, :side]
+        top = 0 if p.corner.startswith("top") else h - side
+        left = 0 if p.corner.endswith("left") else w - side
+        mask = np.zeros((h, w, 1), dtype=np.float32)
+        mask[top:top + side, left:left + side, 0] = block * p.alpha
+        colour = rng.uniform(160, 255, size=3).astype(np.float32)
+        return mask, colour
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        mask, colour = self.mask_and_colour()
+        x = images.astype(np.float32)
+        return _to_u8(x * (1 - mask[None]) + colour[None, None, None, :] * mask[None])

@@ -1,4 +1,4 @@
-"""Label-noise simulators: symmetric and pair-flip (asymmetric), seeded.
+"""Label-noise simulators: symmetric, pair-flip (asymmetric) and instance-dependent, seeded.
 
 ``shared/specs/attacks.md``: symmetric noise replaces a row's label by a uniformly random
 OTHER class; pair flip sends class c to one fixed other class. The rate is the fraction of
@@ -58,7 +58,12 @@ class LabelNoise:
     def eligible(self, labels: np.ndarray) -> np.ndarray:
         return np.ones(len(labels), dtype=bool)
 
-    def corrupt(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def weights(self, labels: np.ndarray) -> np.ndarray | None:
+        """Relative chance of each row to be chosen (None = uniform among eligible rows)."""
+        return None
+
+    def corrupt(self, labels: np.ndarray, rng: np.random.Generator, rows: np.ndarray | None = None) -> np.ndarray:
+        """New labels for ``labels`` (the labels of dataset rows ``rows``)."""
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -71,7 +76,7 @@ class Symmetric(LabelNoise):
 
     name = "symmetric"
 
-    def corrupt(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def corrupt(self, labels: np.ndarray, rng: np.random.Generator, rows: np.ndarray | None = None) -> np.ndarray:
         labels = np.asarray(labels, dtype=np.int64)
         shift = rng.integers(1, self.num_classes, size=len(labels))
         return (labels + shift) % self.num_classes
@@ -137,7 +142,7 @@ class PairFlip(LabelNoise):
     def eligible(self, labels: np.ndarray) -> np.ndarray:
         return self.table[np.asarray(labels, dtype=np.int64)] >= 0
 
-    def corrupt(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def corrupt(self, labels: np.ndarray, rng: np.random.Generator, rows: np.ndarray | None = None) -> np.ndarray:
         out = self.table[np.asarray(labels, dtype=np.int64)]
         if (out < 0).any():
             raise VetsetError("pairflip asked to flip a class that has no destination")
@@ -149,6 +154,57 @@ class PairFlip(LabelNoise):
 
     def describe(self) -> dict:
         return {"noise": self.name, "mapping": self.mapping_name, "pairs": self.mapping()}
+
+
+@NOISES.register("instance")
+class InstanceDependent(LabelNoise):
+    """Instance-dependent noise, the kind human annotators make (CIFAR-10N, Wei et al. ICLR
+    2022): it lands on ambiguous images and follows the confusions a reader of the image
+    would make. ``probs`` (N, K) is a reference model's out-of-sample class probabilities of
+    each row of the clean dataset (``vetset poison --noise instance`` trains one); a row is
+    chosen with weight ``1 - p(its label) + floor`` raised to ``sharpness`` (ambiguous rows
+    far more often), and its new label is drawn from the reference model's probabilities
+    over the other classes (the class the image most resembles, most often). ``floor`` keeps
+    every row possible; ``sharpness`` 2 concentrates the flips on the images the reference
+    model finds hardest without making them all of one kind."""
+
+    name = "instance"
+
+    def __init__(self, class_names: list[str], probs=None, sharpness: float = 2.0, floor: float = 0.05):
+        super().__init__(class_names)
+        if probs is None:
+            raise VetsetError("instance noise needs a reference model's probabilities per row (probs); "
+                              "`vetset poison --noise instance` trains one")
+        self.probs = np.asarray(probs, dtype=np.float64)
+        if self.probs.ndim != 2 or self.probs.shape[1] != self.num_classes:
+            raise VetsetError(f"instance noise: probs must be (N, {self.num_classes}), got {self.probs.shape}")
+        self.sharpness = float(sharpness)
+        self.floor = float(floor)
+
+    def _check(self, labels: np.ndarray) -> None:
+        if len(labels) != len(self.probs):
+            raise VetsetError(f"instance noise: probs has {len(self.probs)} rows, the dataset {len(labels)}")
+
+    def weights(self, labels: np.ndarray) -> np.ndarray:
+        labels = np.asarray(labels, dtype=np.int64)
+        self._check(labels)
+        p_own = self.probs[np.arange(len(labels)), labels]
+        return (1.0 - p_own + self.floor) ** self.sharpness
+
+    def corrupt(self, labels: np.ndarray, rng: np.random.Generator, rows: np.ndarray | None = None) -> np.ndarray:
+        if rows is None:
+            raise VetsetError("instance noise needs the rows' positions")
+        labels = np.asarray(labels, dtype=np.int64)
+        p = self.probs[np.asarray(rows)].copy()
+        p[np.arange(len(labels)), labels] = 0.0
+        p = p + 1e-6 * (p.sum(1, keepdims=True) == 0)  # a row the model was sure of: uniform
+        p[np.arange(len(labels)), labels] = 0.0
+        p = p / p.sum(1, keepdims=True)
+        u = rng.random(len(labels))[:, None]
+        return (p.cumsum(1) < u).sum(1).clip(0, self.num_classes - 1).astype(np.int64)
+
+    def describe(self) -> dict:
+        return {"noise": self.name, "sharpness": self.sharpness, "floor": self.floor}
 
 
 def build_noise(name: str, class_names: list[str], params: dict | None = None) -> LabelNoise:
@@ -176,10 +232,16 @@ def apply_label_noise(
         mask &= np.asarray(allowed, dtype=bool)
     candidates = np.flatnonzero(mask)
     k = min(round_count(rate, n), len(candidates))
-    rows = np.sort(rng.choice(candidates, size=k, replace=False)) if k else np.zeros(0, np.int64)
+    w = noise.weights(labels)
+    p = None
+    if w is not None and k:
+        w = np.asarray(w, dtype=np.float64)[candidates]
+        p = w / w.sum()
+        k = min(k, int((p > 0).sum()))
+    rows = np.sort(rng.choice(candidates, size=k, replace=False, p=p)) if k else np.zeros(0, np.int64)
     new = labels.copy()
     if k:
-        new[rows] = noise.corrupt(labels[rows], rng)
+        new[rows] = noise.corrupt(labels[rows], rng, rows)
     return NoiseResult(rows=rows.astype(np.int64), labels=new)
 
 

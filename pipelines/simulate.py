@@ -60,7 +60,12 @@ class SimulationSpec:
     noise_params: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-able: array parameters (instance noise's reference probabilities) are
+        replaced by their shape."""
+        d = asdict(self)
+        for key in ("attack_params", "noise_params"):
+            d[key] = {k: (f"array {list(np.shape(v))}" if isinstance(v, np.ndarray) else v) for k, v in d[key].items()}
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "SimulationSpec":

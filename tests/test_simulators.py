@@ -18,9 +18,10 @@ from pipelines.dataset import ImageDataset
 from pipelines.errors import VetsetError
 from pipelines.noise import CIFAR10_CLASSES, NOISES, PairFlip
 from pipelines.simulate import SimulationSpec, simulate, write_simulation
+from pipelines.slices import spread_indices
 
 CIFAR_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10"
-ATTACK_NAMES = ["badnets", "blended", "sig", "wanet"]
+ATTACK_NAMES = ["badnets", "blended", "lowfreq", "patch", "sig", "trojan", "wanet"]
 N = 400
 
 
@@ -168,7 +169,7 @@ def test_pairflip_custom_and_errors():
         PairFlip(CIFAR10_CLASSES, mapping={"cat": "cat"})
     with pytest.raises(VetsetError):
         PairFlip(["a", "b"], mapping="cifar10")
-    assert NOISES.names() == ["pairflip", "symmetric"]
+    assert NOISES.names() == ["instance", "pairflip", "symmetric"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -344,3 +345,110 @@ def test_write_simulation_round_trip(cifar, tmp_path):
     write_simulation(simulate(cifar, SimulationSpec(noise="symmetric", noise_rate=0.1)), out)
     assert not (out / "trigger.json").exists()
     assert pq.read_table(out / "truth.parquet").column("is_noisy").to_numpy().sum() == 30
+
+
+# ---------------------------------------------------------------------------------------
+# more trigger families, instance-dependent noise, slices
+# ---------------------------------------------------------------------------------------
+def test_patch_trigger_is_seeded_in_colour_texture_and_place(synth):
+    a = build_attack("patch", seed=3)
+    top, left, patch = a.layout()
+    assert patch.shape == (4, 4, 3) and len({tuple(c) for c in patch.reshape(-1, 3)}) == 2  # two-colour checker
+    out = a.apply(synth.images[:5])
+    changed = (out != synth.images[:5]).any(axis=-1)
+    assert not changed[:, :top].any() and not changed[:, top + 4:].any()
+    assert (out[:, top:top + 4, left:left + 4] == patch).all()
+    others = {build_attack("patch", seed=s).layout()[:2] for s in range(8)}
+    assert len(others) > 4, "the place moves with the seed"
+    corner = build_attack("patch", params={"position": "top_left", "pattern": "random"}, seed=1).layout()
+    assert corner[:2] == (0, 0) and len({tuple(c) for c in corner[2].reshape(-1, 3)}) > 2
+
+
+def test_lowfreq_trigger_is_smooth_and_bounded():
+    a = build_attack("lowfreq", seed=2)
+    pat = a.pattern()
+    assert pat.shape == (32, 32, 3) and np.abs(pat).max() == pytest.approx(24.0, rel=1e-5)
+    spectrum = np.abs(np.fft.fft2(pat, axes=(0, 1))) ** 2
+    fy, fx = np.meshgrid(np.fft.fftfreq(32) * 32, np.fft.fftfreq(32) * 32, indexing="ij")
+    low = (fy ** 2 + fx ** 2) <= 9
+    assert spectrum[low].sum() / spectrum.sum() > 0.999, "all energy at <= 3 cycles per image"
+    img = np.full((1, 32, 32, 3), 128, np.uint8)
+    assert np.abs(a.apply(img).astype(int) - 128).max() == 24
+    assert not np.allclose(build_attack("lowfreq", seed=3).pattern(), pat)
+
+
+def test_trojan_watermark_sits_in_its_corner():
+    a = build_attack("trojan", seed=0)
+    mask, colour = a.mask_and_colour()
+    rows, cols = np.nonzero(mask[..., 0])
+    assert rows.min() >= 32 - 10 and cols.min() >= 32 - 10, "bottom-right, ~30% of the side"
+    assert 0.2 < (mask > 0).mean() * (32 * 32) / 100 < 0.9, "a glyph, not a block"
+    out = a.apply(np.zeros((2, 32, 32, 3), np.uint8))
+    assert out[:, :20, :20].max() == 0 and out.max() > 100
+
+
+def test_blended_key_from_a_file_travels_in_the_trigger_spec(tmp_path, synth):
+    key = np.random.default_rng(5).integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    path = tmp_path / "key.png"
+    Image.fromarray(key).save(path)
+    res = simulate(synth, SimulationSpec(attack="blended", attack_params={"key": str(path)}, seed=0))
+    spec = json.loads(json.dumps(res.trigger))
+    assert spec["params"]["key"] == str(path) and spec["params"]["key_data"]
+    resized = np.asarray(Image.fromarray(key).resize((32, 32), Image.Resampling.BICUBIC), np.float64)
+    p = res.truth.is_poisoned.to_numpy()
+    expected = 0.8 * synth.images[p].astype(np.float64) + 0.2 * resized
+    assert np.abs(res.dataset.images[p] - expected).max() <= 0.5 + 1e-3
+    path.unlink()  # the spec alone rebuilds the trigger
+    assert np.array_equal(apply_trigger(synth.images[p], spec), res.dataset.images[p])
+    with pytest.raises(VetsetError, match="no such image file"):
+        build_attack("blended", params={"key": str(tmp_path / "missing.png")})
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(VetsetError, match="not an image"):
+        build_attack("blended", params={"key": str(tmp_path / "bad.png")})
+
+
+def test_blended_key_can_be_a_scikit_image_photo():
+    pytest.importorskip("skimage")
+    a = build_attack("blended", params={"key": "skimage:astronaut"})
+    k = a.key()
+    assert k.shape == (32, 32, 3) and k.std() > 20
+    with pytest.raises(VetsetError, match="has no image"):
+        build_attack("blended", params={"key": "skimage:nope"})
+
+
+def test_instance_noise_lands_on_ambiguous_rows_and_follows_the_confusion():
+    n, k = 2000, 4
+    labels = np.arange(n) % k
+    probs = np.full((n, k), 0.01)
+    probs[np.arange(n), labels] = 0.97
+    ambiguous = np.arange(n) < n // 4  # a quarter of the rows: the model hesitates with class (y+1) % k
+    probs[ambiguous] = 0.02
+    probs[ambiguous, labels[ambiguous]] = 0.5
+    probs[ambiguous, (labels[ambiguous] + 1) % k] = 0.46
+    ds = ImageDataset(np.zeros((n, 2, 2, 3), np.uint8), labels, [f"c{i}" for i in range(k)],
+                      [f"r{i}" for i in range(n)])
+    res = simulate(ds, SimulationSpec(noise="instance", noise_rate=0.1, noise_params={"probs": probs}, seed=0))
+    noisy = res.truth.is_noisy.to_numpy()
+    assert noisy.sum() == 200
+    assert ambiguous[noisy].mean() > 0.8, "the flips land on the ambiguous rows"
+    flipped_to = res.dataset.labels[noisy & ambiguous]
+    assert (flipped_to == (labels[noisy & ambiguous] + 1) % k).mean() > 0.8, "towards the confused class"
+    assert (res.dataset.labels[noisy] != labels[noisy]).all()
+    again = simulate(ds, SimulationSpec(noise="instance", noise_rate=0.1, noise_params={"probs": probs}, seed=0))
+    assert np.array_equal(again.dataset.labels, res.dataset.labels)
+    assert "array" in json.dumps(res.spec.to_dict())  # the probabilities are not written out
+    with pytest.raises(VetsetError, match="probabilities"):
+        simulate(ds, SimulationSpec(noise="instance", noise_rate=0.1))
+    with pytest.raises(VetsetError, match="rows"):
+        simulate(ds, SimulationSpec(noise="instance", noise_rate=0.1, noise_params={"probs": probs[:10]}))
+
+
+def test_spread_indices_are_balanced_on_a_sorted_file():
+    labels = np.repeat(np.arange(10), 5000)
+    for n in (6000, 300, 7):
+        idx = spread_indices(len(labels), n)
+        assert len(idx) == n and len(set(idx.tolist())) == n and idx.max() < len(labels)
+        counts = np.bincount(labels[idx], minlength=10)
+        assert counts.max() - counts.min() <= 1, (n, counts)
+    a, b = spread_indices(50000, 6000, 0), spread_indices(50000, 6000, 3)
+    assert not set(a.tolist()) & set(b.tolist())
