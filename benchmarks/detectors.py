@@ -1,32 +1,37 @@
-"""Benchmark the detectors and the fusion on simulated attacks (no Prefect needed).
+"""The attack x detector matrix: the default audit (or any detectors) on simulated dirt of
+every family, several rates and seeds, no trusted set and no rate given (no Prefect needed).
 
-For each scenario: a clean CIFAR-10 train set (or a class-balanced slice of it), poisoned
-and/or label-noised by :mod:`pipelines.simulate`, audited by
-:func:`cleansers.audit.run_audit` with a fresh AuditContext (so the detection model is
-trained once per scenario and shared by the detectors of that audit). Prints, per detector
-and for the fusion, TPR / FPR / F1 / AUROC (all dirt, poisoned only, noisy only) and the
-time each took, and writes them as JSON.
+For each (scenario, rate, seed): a clean CIFAR-10 train set (or an evenly spread slice),
+dirtied by :mod:`pipelines.simulate`, audited by :func:`cleansers.audit.run_audit` with a
+fresh AuditContext (the detection model is trained once per audit and shared by its
+detectors). Printed per cell: each detector's and the fused TPR / FPR / F1 / AUROC, split
+into poisoned and noisy rows, the verdict (named classes, status), the undefended ASR of
+the detection model (trained on the dirty data without any defense; an attack it does not
+learn, ASR < 50%, is reported as such and left out of the summary) and seconds. Then a
+summary over seeds (mean and spread of the fused poisoned F1, noisy TPR, clean FPR).
 
-GPU machine (full train set, PreAct-ResNet18 picked automatically on CUDA; AGPD as published
-reads a few clean rows per class, here 10 test rows per class; drop --trusted-per-class for
-the audit a user without a trusted set gets):
-    python benchmarks/detectors.py --data .device-data/cifar10 --device cuda --trusted-per-class 10 \
-        --scenarios badnets,blended,sig,wanet,hybrid --json $OUT/detectors.json
-CPU (6,000-row slice, 5% BadNets; the small CNN picked automatically on the CPU):
-    python benchmarks/detectors.py --data ../shared/data/cifar10 --rows 6000 \
-        --scenarios badnets --poison-rate 0.05
+``--save DIR`` keeps every audit's detector results (pickle) so that ``--redecide DIR``
+re-runs only the verdict on them (seconds, not hours): how the verdict's rules were chosen
+on the whole matrix at once, never on one case.
+
+CPU (6,000-row slices, the small CNN picked automatically; about 3 minutes per cell):
+    python benchmarks/detectors.py --data ../shared/data/cifar10 --rows 6000 --scenarios cpu --seeds 0,1,2 \
+        --save runs/bench-detectors --json runs/bench-detectors/matrix.json
+GPU (full train set, PreAct-ResNet18 picked automatically on CUDA):
+    python benchmarks/detectors.py --data .device-data/cifar10 --device cuda --scenarios gpu --seeds 0 \
+        --json $OUT/detectors.json
 """
 from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,32 +40,43 @@ import cleansers  # noqa: E402,F401  (registers the detectors)
 from cleansers import DEFAULT_DETECTORS  # noqa: E402
 from cleansers.audit import run_audit  # noqa: E402
 from cleansers.base import AuditContext  # noqa: E402
-from cleansers.fusion import FusionConfig  # noqa: E402
+from cleansers.fusion import FusionConfig, fuse_and_decide  # noqa: E402
+from pipelines.attacks import backdoor_test_set  # noqa: E402
 from pipelines.loaders import LoadOptions, table_to_dataset  # noqa: E402
+from pipelines.metrics import audit_metrics  # noqa: E402
 from pipelines.outputs import RunPaths  # noqa: E402
 from pipelines.simulate import SimulationSpec, simulate  # noqa: E402
+from pipelines.slices import spread_slice  # noqa: E402
 
-SCENARIOS = {
-    "badnets": lambda r, nr: SimulationSpec(attack="badnets", poison_rate=r),
-    "blended": lambda r, nr: SimulationSpec(attack="blended", poison_rate=r),
-    "sig": lambda r, nr: SimulationSpec(attack="sig", poison_rate=r),
-    "wanet": lambda r, nr: SimulationSpec(attack="wanet", poison_rate=r),
-    "hybrid": lambda r, nr: SimulationSpec(attack="badnets", poison_rate=r, noise="symmetric", noise_rate=nr),
-    "noise": lambda r, nr: SimulationSpec(noise="symmetric", noise_rate=nr),
-    "clean": lambda r, nr: SimulationSpec(),
+# name -> (attack, attack params, noise, uses the poison rate, uses the noise rate)
+SCENARIOS: dict[str, tuple] = {
+    "badnets": ("badnets", {}, None),
+    "patch": ("patch", {}, None),  # a seeded 4x4 two-colour patch somewhere
+    "blended": ("blended", {}, None),  # smooth seeded key, alpha 0.2
+    "blended-photo": ("blended", {"key": "skimage:chelsea", "alpha": 0.2}, None),
+    "blended-photo2": ("blended", {"key": "skimage:astronaut", "alpha": 0.2}, None),
+    "blended-noise": ("blended", {"key_cells": 0, "alpha": 0.1}, None),
+    "sig": ("sig", {}, None),
+    "wanet": ("wanet", {}, None),
+    "lowfreq": ("lowfreq", {}, None),
+    "trojan": ("trojan", {}, None),
+    "symmetric": (None, {}, "symmetric"),
+    "pairflip": (None, {}, "pairflip"),
+    "instance": (None, {}, "instance"),
+    "hybrid": ("blended", {}, "instance"),  # 5% blended + 10% instance-dependent noise (the issue's hybrid)
+    "clean": (None, {}, None),
+}
+GROUPS = {
+    "cpu": ["badnets", "patch", "blended-photo", "blended-noise", "sig", "wanet", "lowfreq", "trojan",
+            "symmetric", "pairflip", "instance", "hybrid", "clean"],
+    "gpu": ["badnets", "blended", "sig", "wanet", "hybrid", "clean"],
+    "attacks": ["badnets", "patch", "blended", "blended-photo", "blended-noise", "sig", "wanet", "lowfreq", "trojan"],
+    "noise": ["symmetric", "pairflip", "instance"],
 }
 
 
-def balanced_slice(table: pa.Table, n: int, offset: int = 0) -> pa.Table:
-    """``n`` rows spread evenly over the file (the shared files are sorted by label)."""
-    if n <= 0 or n >= table.num_rows:
-        return table
-    step = table.num_rows // n
-    return table.take(pa.array(np.arange(n) * step + (offset % step)))
-
-
 def load(data: Path, split: str, rows: int, offset: int = 0):
-    table = balanced_slice(pq.read_table(data / f"{split}.parquet"), rows, offset)
+    table = spread_slice(pq.read_table(data / f"{split}.parquet"), rows, offset)
     return table_to_dataset(table, LoadOptions(), str(data / f"{split}.parquet"))
 
 
@@ -85,100 +101,203 @@ def parse_options(items: list[str]) -> dict[str, dict]:
     return out
 
 
-def pct(x) -> str:
-    return "-" if x is None or x != x else f"{100 * x:.2f}"
+def reference_probs(clean, cache: Path | None, device: str, seed: int = 12345) -> np.ndarray:
+    """A reference model's out-of-sample probabilities on the clean rows (what instance-
+    dependent noise draws its flips from), cached on disk per dataset fingerprint."""
+    path = cache / f"refprobs-{clean.fingerprint[:16]}.npy" if cache else None
+    if path is not None and path.exists():
+        return np.load(path)
+    from cleansers.detection_model import reference_probabilities
+
+    probs = reference_probabilities(clean, device=device, seed=seed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, probs)
+    return probs
 
 
-def summarise(name: str, result, seconds: dict) -> list[dict]:
-    det = result.metrics["detection"]
+def make_spec(name: str, rate: float, noise_rate: float, seed: int, probs) -> SimulationSpec:
+    attack, params, noise = SCENARIOS[name]
+    if name == "hybrid":
+        rate = min(rate, 0.05)
+    noise_params = {"probs": probs} if noise == "instance" else {}
+    return SimulationSpec(attack=attack, poison_rate=rate if attack else 0.0, attack_params=dict(params),
+                          noise=noise, noise_rate=noise_rate if noise else 0.0, noise_params=noise_params, seed=seed)
+
+
+def undefended_asr(ctx: AuditContext, ds, test, trigger) -> float | None:
+    """ASR of the audit's detection model (trained on the dirty rows, no defense) on the
+    test slice's non-target rows with the trigger."""
+    if trigger is None or test is None:
+        return None
+    from trainers.loop import predict_logits
+
+    models = [v for k, v in ctx.model_cache.items() if k[0] == "model" and len(k) == 4 and k[1] == ds.fingerprint]
+    if not models:
+        return None
+    bd = backdoor_test_set(test, trigger)
+    pred = predict_logits(models[0].model, bd.images, device=models[0].device, amp=False).argmax(1)
+    return float((pred == trigger["target"]).mean())
+
+
+def cell_rows(cell: dict, metrics: dict, verdict, detectors: list[str]) -> list[dict]:
     rows = []
-    for key in [r.name for r in result.results] + ["fused"]:
-        entry = det[key]
-        row = {"scenario": name, "detector": key, "seconds": seconds.get(key)}
+    for key in detectors + ["fused"]:
+        entry = metrics.get(key, {})
+        row = {**{k: cell[k] for k in ("scenario", "rate", "seed", "asr", "seconds")}, "detector": key}
         for part in ("all", "poisoned", "noisy"):
             if part in entry:
                 m = entry[part]
                 row[part] = {k: m[k] for k in ("tpr", "fpr", "precision", "f1", "auroc", "n_flagged")}
+        if key == "fused":
+            row["verdict"] = {"status": verdict.status, "backdoor_classes": verdict.backdoor_classes,
+                              "suspected_poisoned": verdict.suspected_poisoned,
+                              "suspected_mislabelled": verdict.suspected_mislabelled}
         rows.append(row)
     return rows
 
 
-def _secs(x) -> str:
-    return "-" if x is None else f"{x:.1f}"
+def pct(x) -> str:
+    return "-" if x is None or x != x else f"{100 * x:.1f}"
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| scenario | detector | TPR % | FPR % | F1 % | AUROC | poisoned TPR % | noisy TPR % | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| scenario | rate | seed | ASR % | detector | TPR % | FPR % | F1 % | AUROC | poisoned F1 % | noisy TPR % "
+             "| verdict | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a = r.get("all", {})
-        lines.append(f"| {r['scenario']} | {r['detector']} | {pct(a.get('tpr'))} | {pct(a.get('fpr'))} | "
-                     f"{pct(a.get('f1'))} | {a.get('auroc', float('nan')):.4f} | "
-                     f"{pct(r.get('poisoned', {}).get('tpr'))} | {pct(r.get('noisy', {}).get('tpr'))} | "
-                     f"{_secs(r['seconds'])} |")
+        v = r.get("verdict")
+        vtxt = (f"{v['status']} {','.join(v['backdoor_classes'])}" if v else "")
+        lines.append(f"| {r['scenario']} | {r['rate']:g} | {r['seed']} | {pct(r.get('asr'))} | {r['detector']} | "
+                     f"{pct(a.get('tpr'))} | {pct(a.get('fpr'))} | {pct(a.get('f1'))} | "
+                     f"{a.get('auroc', float('nan')):.3f} | {pct(r.get('poisoned', {}).get('f1'))} | "
+                     f"{pct(r.get('noisy', {}).get('tpr'))} | {vtxt} | "
+                     f"{'-' if r.get('seconds') is None or r['detector'] != 'fused' else round(r['seconds'])} |")
     return "\n".join(lines)
+
+
+def summary(rows: list[dict]) -> str:
+    """Per (scenario, rate): the fused figures' mean and range over seeds."""
+    fused = [r for r in rows if r["detector"] == "fused"]
+    groups: dict = {}
+    for r in fused:
+        groups.setdefault((r["scenario"], r["rate"]), []).append(r)
+    lines = ["| scenario | rate | seeds | ASR % (undefended) | poisoned F1 % | poisoned TPR % | noisy TPR % | "
+             "clean FPR % | target named | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def stat(values):
+        v = [x for x in values if x is not None and x == x]
+        if not v:
+            return "-"
+        return f"{100 * np.mean(v):.1f} ({100 * min(v):.0f}-{100 * max(v):.0f})" if len(v) > 1 else f"{100 * v[0]:.1f}"
+
+    for (scen, rate), rs in groups.items():
+        named = [f"{len(r['verdict']['backdoor_classes'])}:{','.join(r['verdict']['backdoor_classes'])}" for r in rs]
+        asr = [r.get("asr") for r in rs]
+        lines.append(
+            f"| {scen} | {rate:g} | {len(rs)} | {stat(asr)} | {stat([r.get('poisoned', {}).get('f1') for r in rs])} | "
+            f"{stat([r.get('poisoned', {}).get('tpr') for r in rs])} | {stat([r.get('noisy', {}).get('tpr') for r in rs])} | "
+            f"{stat([r.get('all', {}).get('fpr') for r in rs])} | {' '.join(named)} | "
+            f"{np.mean([r['seconds'] for r in rs if r.get('seconds')] or [0]):.0f} |")
+    return "\n".join(lines)
+
+
+def redecide(folder: Path, config: FusionConfig | None = None, verbose: bool = False) -> list[dict]:
+    """The verdict again on every saved cell of ``folder`` (no training)."""
+    rows = []
+    for path in sorted(folder.glob("*.pkl")):
+        with path.open("rb") as f:
+            saved = pickle.load(f)
+        frame, verdict = fuse_and_decide(saved["dataset"], saved["results"], config)
+        metrics = audit_metrics(frame, saved["truth"], [r.name for r in saved["results"]])
+        rows += cell_rows(saved["cell"], metrics, verdict, [r.name for r in saved["results"]])
+        if verbose:
+            print(path.stem, verdict.headline[:200])
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="folder with train.parquet (and test.parquet)")
-    p.add_argument("--rows", type=int, default=0, help="class-balanced slice of the train set (0 = all)")
-    p.add_argument("--scenarios", default="badnets,blended,sig,wanet,hybrid")
+    p.add_argument("--data", type=Path, help="folder with train.parquet and test.parquet")
+    p.add_argument("--rows", type=int, default=0, help="evenly spread slice of the train set (0 = all)")
+    p.add_argument("--scenarios", default="cpu", help=f"names or groups ({', '.join(GROUPS)}): {', '.join(SCENARIOS)}")
     p.add_argument("--detectors", default=",".join(DEFAULT_DETECTORS), help="default: cleansers.DEFAULT_DETECTORS")
-    p.add_argument("--poison-rate", type=float, default=0.1)
+    p.add_argument("--rates", default="0.05,0.1", help="poisoning rates (fractions of all rows)")
     p.add_argument("--noise-rate", type=float, default=0.1)
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--test-rows", type=int, default=2000, help="test rows for the undefended ASR")
     p.add_argument("--trusted-per-class", type=int, default=0, help="trusted clean rows per class from test.parquet")
-    p.add_argument("--expected-dirty-rate", type=float, default=None, help="default: poison + noise rate")
     p.add_argument("--opt", action="append", default=[], help="detector.option=value, e.g. agpd.epochs=20")
     p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--runs", type=Path, default=None, help="keep the run folders here (default: a temp dir)")
+    p.add_argument("--save", type=Path, default=None, help="keep each cell's detector results here (for --redecide)")
+    p.add_argument("--redecide", type=Path, default=None, help="re-run only the verdict on a --save folder")
+    p.add_argument("--skip-done", action="store_true", help="with --save: skip cells already saved")
     args = p.parse_args(argv)
 
+    if args.redecide:
+        rows = redecide(args.redecide, verbose=True)
+        print(markdown([r for r in rows if r["detector"] == "fused"]))
+        print("\n" + summary(rows))
+        return 0
+    if args.data is None:
+        p.error("--data is needed (or --redecide)")
+    names = []
+    for s in [x for x in args.scenarios.split(",") if x]:
+        names += GROUPS.get(s, [s])
+    unknown = [s for s in names if s not in SCENARIOS]
+    if unknown:
+        p.error(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)} and groups {', '.join(GROUPS)}")
+    rates = [float(r) for r in args.rates.split(",") if r]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
     t0 = time.perf_counter()
     clean = load(args.data, "train", args.rows)
-    load_seconds = time.perf_counter() - t0
+    test = load(args.data, "test", args.test_rows) if args.test_rows else None
+    print(f"loaded {len(clean)} rows in {time.perf_counter() - t0:.1f}s", flush=True)
     trusted = trusted_set(args.data, args.trusted_per_class) if args.trusted_per_class else None
     options = parse_options(args.opt)
     detectors = [d for d in args.detectors.split(",") if d]
-    print(f"loaded {len(clean)} rows in {load_seconds:.1f}s; detectors {detectors}; options {options}", flush=True)
-    all_rows, runs = [], {}
-    tmp = tempfile.TemporaryDirectory() if args.runs is None else None
-    root = Path(tmp.name) if tmp else args.runs
-    for name in [s for s in args.scenarios.split(",") if s]:
-        spec = SCENARIOS[name](args.poison_rate, args.noise_rate)
-        spec.seed = args.seed
-        sim = simulate(clean, spec)
-        rate = args.expected_dirty_rate
-        if rate is None:
-            rate = (sim.counts["n_poisoned"] + sim.counts["n_noisy"]) / len(clean) or 0.1
-        ctx = AuditContext(device=args.device, seed=args.seed, trusted=trusted, expected_dirty_rate=rate)
-        start = time.perf_counter()
-        result = run_audit(sim.dataset, detectors, RunPaths(root / name), run_id=name, ctx=ctx, options=options,
-                           fusion=FusionConfig(), truth=sim.truth)
-        total = time.perf_counter() - start
-        seconds = {r.name: r.info["seconds"] for r in result.results}
-        seconds["fused"] = total
-        rows = summarise(name, result, seconds)
-        all_rows += rows
-        runs[name] = {"counts": sim.counts, "audit_seconds": total,
-                      "detectors": {r.name: {k: v for k, v in r.info.items() if k != "config"} for r in result.results}}
-        print(f"\n## {name}: {sim.counts['n_poisoned']} poisoned, {sim.counts['n_noisy']} noisy of {len(clean)}; "
-              f"audit {total:.1f}s (fused row = whole audit incl. training and writing)", flush=True)
-        print(markdown(rows), flush=True)
-        for r in result.results:
-            brief = {k: r.info[k] for k in ("target_classes", "rule", "max_z", "reference", "model", "oof_accuracy",
-                                                   "withheld", "issues_found", "top_windows", "flagged_per_class")
-                     if k in r.info}
-            print(f"  {r.name}: {json.dumps(brief, default=str)}", flush=True)
-    print("\n" + markdown(all_rows))
+    probs = None
+    if any(SCENARIOS[n][2] == "instance" for n in names):
+        probs = reference_probs(clean, args.save, args.device)
+    all_rows = []
+    tmp = tempfile.TemporaryDirectory()
+    for name in names:
+        attack = SCENARIOS[name][0]
+        cell_rates = rates if attack and name != "hybrid" else [min(rates) if name == "hybrid" else 0.0]
+        for rate in cell_rates:
+            for seed in seeds:
+                stem = f"{name}-{rate:g}-s{seed}"
+                if args.save and args.skip_done and (args.save / f"{stem}.pkl").exists():
+                    print(f"{stem}: saved already, skipped", flush=True)
+                    continue
+                sim = simulate(clean, make_spec(name, rate, args.noise_rate, seed, probs))
+                ctx = AuditContext(device=args.device, seed=seed, trusted=trusted)
+                start = time.perf_counter()
+                result = run_audit(sim.dataset, detectors, RunPaths(Path(tmp.name) / stem), run_id=stem, ctx=ctx,
+                                   options=options, truth=sim.truth)
+                seconds = time.perf_counter() - start
+                cell = {"scenario": name, "rate": rate, "seed": seed, "seconds": seconds,
+                        "asr": undefended_asr(ctx, sim.dataset, test, sim.trigger), "counts": sim.counts}
+                rows = cell_rows(cell, result.metrics["detection"], result.verdict, detectors)
+                all_rows += rows
+                print(f"\n## {stem}: {sim.counts['n_poisoned']} poisoned, {sim.counts['n_noisy']} noisy of {len(clean)}; "
+                      f"undefended ASR {pct(cell['asr'])}%; audit {seconds:.0f}s\n{result.verdict.headline}", flush=True)
+                print(markdown(rows), flush=True)
+                if args.save:
+                    args.save.mkdir(parents=True, exist_ok=True)
+                    slim = [type(r)(r.name, r.score, r.flag, r.suggested_label, r.info, r.arrays) for r in result.results]
+                    with (args.save / f"{stem}.pkl").open("wb") as f:
+                        pickle.dump({"cell": cell, "results": slim, "truth": sim.truth,
+                                     "dataset": sim.dataset.replace(images=sim.dataset.images[:, :1, :1])}, f)
+    tmp.cleanup()
+    if args.save:
+        all_rows = redecide(args.save)
+    print("\n" + summary(all_rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"argv": sys.argv, "rows_audited": len(clean), "load_seconds": load_seconds,
-                                         "results": all_rows, "runs": runs}, indent=2, default=str))
-    if tmp:
-        tmp.cleanup()
+        args.json.write_text(json.dumps({"argv": sys.argv, "rows_audited": len(clean), "results": all_rows},
+                                        indent=2, default=str))
     return 0
 
 

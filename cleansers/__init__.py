@@ -12,8 +12,8 @@ BadNets, see docs/benchmarks.md. On the small embedded demo
 (digits with BadNets and label noise) AGPD picked the wrong target class, so ``vetset demo``
 audits with ABL instead. Measurements: docs/benchmarks.md, "Detectors" and "Demo".
 """
-from . import abl, activation_clustering, agpd, confident, spectral  # noqa: F401  (registration)
+from . import abl, activation_clustering, agpd, confident, dynamics, spectral  # noqa: F401  (registration)
 from . import vdc  # noqa: F401
 from . import pixel_stats, sentinet  # noqa: F401
 
-DEFAULT_DETECTORS: tuple[str, ...] = ("agpd", "confident", "sentinet")
+DEFAULT_DETECTORS: tuple[str, ...] = ("agpd", "dynamics", "confident", "sentinet")

@@ -49,6 +49,7 @@ class ACConfig:
 @DETECTORS.register("activation_clustering")
 class ActivationClustering(Detector):
     name = "activation_clustering"
+    kind = "ranker"
     Config = ACConfig
 
     def score(self, data: ImageDataset, ctx: AuditContext) -> DetectorResult:

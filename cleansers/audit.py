@@ -15,9 +15,10 @@ from pipelines.errors import DataError
 from pipelines.metrics import audit_metrics
 from pipelines.outputs import RunPaths, write_manifest, write_scores, write_truth
 from pipelines.report import render_report
+from pipelines.verdict import VERDICT, AuditVerdict, write_verdict
 
 from .base import AuditContext, DetectorResult
-from .fusion import FusionConfig, fuse
+from .fusion import FusionConfig, fuse_and_decide
 from .run import run_detector
 
 TRUTH_COLUMNS = ("sample_id", "is_poisoned", "is_noisy", "attack", "original_label")
@@ -30,6 +31,7 @@ class AuditResult:
     manifest: dict
     metrics: dict | None
     results: list[DetectorResult] = field(default_factory=list)
+    verdict: AuditVerdict | None = None
 
 
 def read_truth(path: str | Path) -> pd.DataFrame:
@@ -60,8 +62,10 @@ def evaluate(frame: pd.DataFrame, truth: pd.DataFrame | None, results: list[Dete
 
 
 def write_outputs(ds: ImageDataset, frame: pd.DataFrame, results: list[DetectorResult], paths: RunPaths, *,
-                  run_id: str, config: dict, timings: dict, truth: pd.DataFrame | None) -> tuple[dict, dict]:
-    """Write scores, flagged, truth (when given), metrics and manifest; return (manifest, metrics)."""
+                  run_id: str, config: dict, timings: dict, truth: pd.DataFrame | None,
+                  verdict: AuditVerdict | None = None) -> tuple[dict, dict]:
+    """Write scores, flagged, truth (when given), metrics, the verdict and the manifest;
+    return (manifest, metrics)."""
     if len(frame) != len(ds):
         raise AssertionError(f"row count changed: {len(ds)} in, {len(frame)} out")
     metrics = evaluate(frame, truth, results, timings)  # first: a bad truth table fails before any write
@@ -69,6 +73,8 @@ def write_outputs(ds: ImageDataset, frame: pd.DataFrame, results: list[DetectorR
     if truth is not None:
         write_truth(truth, paths)
     atomic_write_json(metrics, paths.metrics)
+    if verdict is not None:
+        write_verdict(verdict, paths.root / VERDICT)
     manifest = write_manifest(ds, frame, paths, run_id=run_id, config=config, timings=timings,
                               detectors=detector_summary(results))
     return manifest, metrics
@@ -86,8 +92,9 @@ def run_audit(ds: ImageDataset, detectors: list[str], paths: RunPaths, *, run_id
         results.append(run_detector(name, ds, ctx, options.get(name)))
         timings[f"score:{name}"] = results[-1].info["seconds"]
     start = time.perf_counter()
-    frame = fuse(ds, results, fusion)
+    frame, verdict = fuse_and_decide(ds, results, fusion)
     timings["fuse"] = time.perf_counter() - start
-    manifest, metrics = write_outputs(ds, frame, results, paths, run_id=run_id, config=config or {}, timings=timings, truth=truth)
-    render_report(ds, frame, manifest, metrics, paths)
-    return AuditResult(paths.root, frame, manifest, metrics, results)
+    manifest, metrics = write_outputs(ds, frame, results, paths, run_id=run_id, config=config or {}, timings=timings,
+                                      truth=truth, verdict=verdict)
+    render_report(ds, frame, manifest, metrics, paths, verdict)
+    return AuditResult(paths.root, frame, manifest, metrics, results, verdict)

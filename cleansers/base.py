@@ -25,6 +25,9 @@ class DetectorResult:
     flag: np.ndarray
     suggested_label: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # per-row arrays for the verdict (first axis = rows; e.g. the training-dynamics
+    # signals), kept with the result but not written to the manifest
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.score = np.asarray(self.score, dtype=np.float64)
@@ -33,6 +36,9 @@ class DetectorResult:
             raise ValueError(f"{self.name}: score and flag lengths differ")
         if self.suggested_label is not None:
             self.suggested_label = np.asarray(self.suggested_label, dtype=np.int64)
+        for key, value in self.arrays.items():
+            if len(value) != len(self.score):
+                raise ValueError(f"{self.name}: array {key!r} has {len(value)} rows for {len(self.score)} scores")
 
 
 @dataclass
@@ -52,6 +58,9 @@ class AuditContext:
     # the positions (in the full dataset) of the rows the running detector was given:
     # run_detector hides unreadable rows, so results[...][rows] lines up with its input
     rows: np.ndarray | None = None
+    # where models trained for detection keep a checkpoint each epoch (None = no
+    # checkpoints): a re-run after a crash or kill -9 resumes the training where it stopped
+    checkpoint_dir: str | None = None
 
 
 class Detector:
@@ -59,6 +68,17 @@ class Detector:
     ``score``. Register with ``@DETECTORS.register("name")``."""
 
     name: ClassVar[str] = ""
+    # What the detector's flags mean, declared by the detector (the fusion and the verdict
+    # read it; nothing lists detectors by name):
+    # - "specialist": a calibrated decision of its own about injected / triggered rows; it
+    #   may flag a row alone (AGPD, SentiNet, VDC);
+    # - "label_noise": a calibrated decision about wrong labels, with suggested labels; it
+    #   may flag a row alone (confident learning);
+    # - "ranker": it ranks rows; its flags, where it has any, are a share of the rows fixed
+    #   by design, dirty or not, so they count only where another detector agrees
+    #   (spectral signatures, activation clustering, ABL isolation, the patch outlier
+    #   heuristic, training dynamics).
+    kind: ClassVar[str] = "specialist"
     # True when a row's score depends on that row alone (and the config), never on the other
     # rows: such a detector can be cached per row (sample_id + content hash) and sharded
     # fully. Model-based detectors (trained on the whole dataset) leave it False: they are
@@ -105,4 +125,17 @@ class Detector:
         return cls.score_rows is not Detector.score_rows
 
 
+KINDS = ("specialist", "label_noise", "ranker")
+
 DETECTORS: Registry[type[Detector]] = Registry("detector")
+
+
+def detector_kind(name: str) -> str:
+    """The declared kind of a registered detector ("specialist" for unknown names, such as a
+    result built by hand in a test)."""
+    if name not in DETECTORS:
+        return "specialist"
+    kind = DETECTORS.get(name).kind
+    if kind not in KINDS:
+        raise ValueError(f"detector {name!r} declares kind {kind!r}; kinds are {', '.join(KINDS)}")
+    return kind

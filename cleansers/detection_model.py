@@ -28,7 +28,7 @@ from torch import nn
 
 from pipelines.dataset import ImageDataset
 from trainers.augment import to_float
-from trainers.loop import TrainConfig, fit, predict_logits, preset, resolve_device
+from trainers.loop import TrainConfig, TrainHooks, fit, predict_logits, preset, resolve_device
 from trainers.models import build_model, penultimate_features
 
 from .base import AuditContext
@@ -87,6 +87,10 @@ class DetectionModel:
     train_seconds: float
     history: list[dict] = field(default_factory=list)
     trained_now: bool = True  # False when it came from the cache
+    # training dynamics: (epochs, N) float32, each row's margin (logit of its label minus the
+    # largest other logit) on its augmented copy in the batch it was trained in, per epoch
+    # (AUM, Pleiss et al. 2020, is the mean over epochs); NaN where a row was not seen
+    margins: np.ndarray | None = None
 
     def describe(self) -> dict:
         last = self.history[-1] if self.history else {}
@@ -99,12 +103,69 @@ def _device(ctx: AuditContext) -> torch.device:
     return resolve_device(ctx.device)
 
 
+class MarginRecorder:
+    """A ``TrainHooks.loss_fn`` that keeps the loop's loss (the batch mean) and records each
+    row's training margin per epoch, on the device (no host sync per step)."""
+
+    def __init__(self, epochs: int, n: int, device: torch.device):
+        self.margins = torch.full((max(epochs, 1), n), float("nan"), device=device)
+        self.epoch = 0
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
+        self.epoch = epoch
+
+    def __call__(self, per_sample: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                 batch_idx: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            lg = logits.detach().float()
+            own = lg.gather(1, labels[:, None]).squeeze(1)
+            other = lg.scatter(1, labels[:, None], float("-inf")).max(1).values
+            keep = batch_idx >= 0
+            self.margins[self.epoch, batch_idx[keep]] = (own - other)[keep]
+        return per_sample.mean()
+
+    def result(self, epochs_run: int) -> np.ndarray:
+        return self.margins[:epochs_run].cpu().numpy().astype(np.float32)
+
+    def state(self) -> dict:
+        return {"margins": self.margins.cpu()}
+
+    def restore(self, state: dict) -> None:
+        self.margins.copy_(state["margins"].to(self.margins.device))
+
+
+def checkpoint_for(ctx_dir: str | None, *parts) -> "Checkpoint | None":
+    """The checkpoint file of one training run under ``ctx_dir`` (None = no checkpoint)."""
+    if not ctx_dir:
+        return None
+    import hashlib
+    from pathlib import Path
+
+    from trainers.loop import Checkpoint
+
+    name = hashlib.blake2b(repr(parts).encode(), digest_size=12).hexdigest()
+    return Checkpoint(Path(ctx_dir) / f"{name}.pt")
+
+
 def train_model(images: np.ndarray, labels: np.ndarray, num_classes: int, spec: ModelSpec,
-                device: torch.device, seed: int) -> tuple[nn.Module, list[dict], float]:
+                device: torch.device, seed: int, record_margins: bool = False, checkpoint=None
+                ) -> tuple[nn.Module, list[dict], float, np.ndarray | None]:
+    """Train the detection model; with ``record_margins`` also return the (epochs, N)
+    training margins (see :class:`DetectionModel`). ``checkpoint``: a
+    :class:`trainers.loop.Checkpoint` to resume from and save to each epoch."""
     size = images.shape[1:3]
     model = build_model(spec.arch, num_classes, size, seed=seed)
-    result = fit(model, images, labels, spec.train_config(device, seed))
-    return result.model, result.history, result.seconds
+    cfg = spec.train_config(device, seed)
+    hooks = None
+    recorder = None
+    if record_margins:
+        recorder = MarginRecorder(cfg.epochs, len(images), resolve_device(cfg.device))
+        hooks = TrainHooks(loss_fn=recorder, on_epoch_start=recorder.on_epoch_start)
+        if checkpoint is not None:
+            checkpoint.state, checkpoint.restore = recorder.state, recorder.restore
+    result = fit(model, images, labels, cfg, hooks, checkpoint=checkpoint)
+    margins = recorder.result(len(result.history)) if recorder is not None else None
+    return result.model, result.history, result.seconds, margins
 
 
 def get_detection_model(ds: ImageDataset, ctx: AuditContext, spec: ModelSpec | None = None) -> DetectionModel:
@@ -116,10 +177,12 @@ def get_detection_model(ds: ImageDataset, ctx: AuditContext, spec: ModelSpec | N
     cached = ctx.model_cache.get(key)
     if cached is not None:
         return DetectionModel(cached.model, cached.spec, cached.device, cached.train_seconds,
-                              cached.history, trained_now=False)
-    model, history, seconds = train_model(ds.images, ds.labels, ds.num_classes, spec, device, ctx.seed)
+                              cached.history, trained_now=False, margins=cached.margins)
+    model, history, seconds, margins = train_model(
+        ds.images, ds.labels, ds.num_classes, spec, device, ctx.seed, record_margins=True,
+        checkpoint=checkpoint_for(ctx.checkpoint_dir, "detection", ds.fingerprint, spec.key(), ctx.seed))
     model.eval()
-    entry = DetectionModel(model, spec, device, seconds, history, trained_now=True)
+    entry = DetectionModel(model, spec, device, seconds, history, trained_now=True, margins=margins)
     ctx.model_cache[key] = entry
     return entry
 
@@ -240,7 +303,10 @@ def out_of_sample_probs(ds: ImageDataset, ctx: AuditContext, spec: ModelSpec, fo
     probs = np.zeros((len(ds), ds.num_classes), dtype=np.float64)
     for f in range(folds):
         train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-        model, _, _ = train_model(ds.images[train], ds.labels[train], ds.num_classes, spec, device, ctx.seed + 101 * (f + 1))
+        model, _, _, _ = train_model(ds.images[train], ds.labels[train], ds.num_classes, spec, device,
+                                     ctx.seed + 101 * (f + 1),
+                                     checkpoint=checkpoint_for(ctx.checkpoint_dir, "fold", ds.fingerprint, spec.key(),
+                                                               ctx.seed, folds, f))
         logits = torch.from_numpy(predict_logits(model, ds.images[test], device=device, amp=False))
         probs[test] = torch.softmax(logits.double(), dim=1).numpy()
         del model
@@ -292,3 +358,12 @@ def trusted_reference(trusted: ImageDataset, dm: DetectionModel, n_per_class: in
         rows = np.flatnonzero(ok & (trusted.labels == c))
         out[c] = rows[:n_per_class]
     return trusted, out
+
+
+def reference_probabilities(ds: ImageDataset, device: str = "auto", seed: int = 12345, folds: int = 3,
+                            epochs: int | None = None) -> np.ndarray:
+    """A reference model's out-of-sample class probabilities for every row of a clean
+    dataset (``folds`` fold models of the shared detection recipe): what instance-dependent
+    label noise draws its flips from (``vetset poison --noise instance``)."""
+    ctx = AuditContext(device=device, seed=seed)
+    return out_of_sample_probs(ds, ctx, ModelSpec(epochs=epochs), folds).probs

@@ -62,6 +62,7 @@ def patch_scores(images: np.ndarray, patch: int = 3, saturation_weight: float = 
 @DETECTORS.register("outlier")
 class PatchOutlierDetector(Detector):
     name = "outlier"
+    kind = "ranker"
     row_independent = True
 
     @dataclass

@@ -47,7 +47,13 @@ def expand_result(name: str, n: int, readable: np.ndarray, inner: DetectorResult
         suggested = np.full(n, -1, dtype=np.int64)
         suggested[readable] = inner.suggested_label
     info = dict(inner.info, seconds=seconds, config=_config_dict(config))
-    return DetectorResult(name, score, flag, suggested, info)
+    arrays = {}
+    for key, value in inner.arrays.items():
+        value = np.asarray(value, dtype=np.float64)
+        full = np.full((n,) + value.shape[1:], np.nan)
+        full[readable] = value
+        arrays[key] = full
+    return DetectorResult(name, score, flag, suggested, info, arrays)
 
 
 def _config_dict(cfg: Any) -> dict:

@@ -233,5 +233,16 @@ class SentiNet(Detector):
                        f"window rows {w['top']}-{w['top'] + size - 1}, columns {w['left']}-{w['left'] + size - 1}")
         else:
             finding = "no row's region moved other classes' images to its label"
+        evidence = []
+        for k in range(data.num_classes):
+            in_k = flag & (data.labels == k)
+            count, size = int(in_k.sum()), int((data.labels == k).sum())
+            top = Counter(int(j) for j in chosen[in_k] if j >= 0).most_common(1)
+            share = top[0][1] / count if count else 0.0
+            # a patch trigger: enough rows of the class, most of them in one window
+            strong = count >= max(10, 0.01 * size) and share >= 0.5
+            evidence.append({"class": int(k), "signal": "sentinet_rows", "value": count,
+                             "threshold": max(10, int(np.ceil(0.01 * size))), "strength": "strong" if strong else "none",
+                             "detail": f"{share:.0%} of them in one window" if count else ""})
         return {"model": dm.describe(), **extra, "flagged_per_class": per_class, "top_windows": windows,
-                "finding": finding}
+                "finding": finding, "class_evidence": evidence}

@@ -42,6 +42,7 @@ def spectral_scores(features: np.ndarray) -> np.ndarray:
 @DETECTORS.register("spectral")
 class Spectral(Detector):
     name = "spectral"
+    kind = "ranker"
     Config = SpectralConfig
 
     def score(self, data: ImageDataset, ctx: AuditContext) -> DetectorResult:

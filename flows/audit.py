@@ -16,12 +16,13 @@ import cleansers  # noqa: F401  (registers the detectors)
 import cleansers.pixel_stats  # noqa: F401  (outlier, also when cleansers/__init__ lacks it)
 from cleansers.audit import read_truth, write_outputs
 from cleansers.base import AuditContext, DetectorResult
-from cleansers.fusion import FusionConfig, fuse
+from cleansers.fusion import FusionConfig, fuse_and_decide
 from pipelines.dataset import ImageDataset
 from pipelines.errors import VetsetError
 from pipelines.loaders import LoadOptions, load_dataset
 from pipelines.outputs import RunPaths, new_run_id
 from pipelines.report import METRIC_HEADER, metrics_rows, render_report, summary_rows
+from pipelines.verdict import AuditVerdict
 
 from .caching import default_cache_dir
 from .events import audit_payload, emit_audit_completed
@@ -40,6 +41,7 @@ class AuditSummary:
     unreadable: int
     metrics: dict | None
     cache: dict | None = None  # per detector: rows reused / computed, shards
+    verdict: dict | None = None  # AuditVerdict.event_summary()
 
 
 def load_options(params: AuditParams) -> LoadOptions:
@@ -75,24 +77,27 @@ def load_trusted(params: AuditParams, ds: ImageDataset | None = None) -> ImageDa
 
 
 @task(name="fuse")
-def fuse_task(ds: ImageDataset, results: list[DetectorResult], min_votes: int) -> pd.DataFrame:
-    return fuse(ds, results, FusionConfig(min_votes=min_votes))
+def fuse_task(ds: ImageDataset, results: list[DetectorResult], min_votes: int) -> tuple[pd.DataFrame, AuditVerdict]:
+    return fuse_and_decide(ds, results, FusionConfig(min_votes=min_votes))
 
 
 @task(name="write")
-def write_task(ds, frame, results, paths: RunPaths, run_id: str, config: dict, timings: dict, truth_path: str | None):
+def write_task(ds, frame, results, paths: RunPaths, run_id: str, config: dict, timings: dict, truth_path: str | None,
+               verdict: AuditVerdict | None = None):
     truth = read_truth(truth_path) if truth_path else None
-    return write_outputs(ds, frame, results, paths, run_id=run_id, config=config, timings=timings, truth=truth)
+    return write_outputs(ds, frame, results, paths, run_id=run_id, config=config, timings=timings, truth=truth,
+                         verdict=verdict)
 
 
 @task(name="report")
-def report_task(ds, frame, manifest, metrics, paths: RunPaths) -> str:
-    render_report(ds, frame, manifest, metrics, paths)
+def report_task(ds, frame, manifest, metrics, paths: RunPaths, verdict: AuditVerdict | None = None) -> str:
+    render_report(ds, frame, manifest, metrics, paths, verdict)
     return str(paths.report_html)
 
 
-def _publish_artifacts(frame: pd.DataFrame, manifest: dict, metrics: dict | None, paths: RunPaths) -> None:
-    lines = [f"# vetset audit {manifest['run_id']}", ""]
+def _publish_artifacts(frame: pd.DataFrame, manifest: dict, metrics: dict | None, paths: RunPaths,
+                       verdict: AuditVerdict) -> None:
+    lines = [f"# vetset audit {manifest['run_id']}", "", f"**{verdict.headline}** (confidence: {verdict.confidence})", ""]
     lines += [f"- **{k}**: {v}" for k, v in summary_rows(manifest)]
     lines += ["", f"Report: `{paths.report_html.resolve()}`", f"Tables: `{paths.root.resolve()}`"]
     rows = metrics_rows(metrics)
@@ -120,9 +125,10 @@ def audit_flow(params: AuditParams = AuditParams()) -> AuditSummary:
     start = time.perf_counter()
     ds = load_task(params)
     timings = {"load": time.perf_counter() - start}
-    ctx = AuditContext(device=params.device, seed=params.seed, expected_dirty_rate=params.expected_dirty_rate,
-                       trusted=load_trusted_task(params, ds) if params.trusted else None)
     cache_dir = Path(params.cache_dir) if params.cache_dir else default_cache_dir(params.runs_root)
+    ctx = AuditContext(device=params.device, seed=params.seed, expected_dirty_rate=params.expected_dirty_rate,
+                       trusted=load_trusted_task(params, ds) if params.trusted else None,
+                       checkpoint_dir=str(cache_dir / "checkpoints") if params.cache else None)
     results = []
     runner = LazyRunner(params.task_runner, workers=params.workers, dask_address=params.dask_address,
                         gpu=wants_gpu(params.device))
@@ -136,18 +142,19 @@ def audit_flow(params: AuditParams = AuditParams()) -> AuditSummary:
             logger.info("%s: %d flagged; %d rows reused from the cache, %d scored (%.1f s)", name,
                         int(results[-1].flag.sum()), info.get("rows_reused", 0), info.get("rows_computed", 0),
                         timings[f"score:{name}"])
-    frame = fuse_task(ds, results, params.min_votes)
+    frame, verdict = fuse_task(ds, results, params.min_votes)
     run_id = new_run_id(ds)
     paths = RunPaths(Path(params.out) if params.out else Path(params.runs_root) / run_id)
     config = dict(params.model_dump(), cache=_cache_summary(results))
-    manifest, metrics = write_task(ds, frame, results, paths, run_id, config, timings, params.truth)
-    report_task(ds, frame, manifest, metrics, paths)
-    _publish_artifacts(frame, manifest, metrics, paths)
+    manifest, metrics = write_task(ds, frame, results, paths, run_id, config, timings, params.truth, verdict)
+    report_task(ds, frame, manifest, metrics, paths, verdict)
+    _publish_artifacts(frame, manifest, metrics, paths, verdict)
+    logger.info("verdict: %s", verdict.headline)
     summary = AuditSummary(str(paths.root), run_id, len(frame), int(frame["flagged"].sum()), int(ds.unreadable.sum()),
-                           metrics, _cache_summary(results))
+                           metrics, _cache_summary(results), verdict.event_summary())
     if params.emit_events:
         payload = audit_payload(fingerprint=ds.fingerprint, rows=summary.rows, flagged=summary.flagged,
                                 run_dir=str(paths.root.resolve()), run_id=run_id, data=params.data,
-                                alert_fraction=params.alert_fraction)
+                                alert_fraction=params.alert_fraction, verdict=verdict.event_summary())
         emit_audit_completed(payload, flow_run.get_id())
     return summary

@@ -8,11 +8,22 @@ them instead:
   results). One key for the whole result: a grown dataset is a new key.
 - a row-independent detector: per row, ``sample_id`` + a hash of the row's pixels and label,
   under the detector's config key. A grown dataset reuses every row it already scored.
+
+Every detector key also carries the code's identity: vetset's version and a hash of the
+source of the detector's module and of the modules every model-based score rests on
+(:data:`SHARED_MODULES`), so an upgrade or a local change to a detector never serves the old
+algorithm's scores. The default cache lives in the user's cache directory
+(``platformdirs.user_cache_dir("vetset")``, or ``$VETSET_CACHE_DIR``), not in whatever folder
+the command runs in; ``vetset cache info`` / ``vetset cache clear`` show and empty it.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
+import os
+import sys
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +32,45 @@ import numpy as np
 
 from pipelines.dataset import ImageDataset
 
-KEY_VERSION = "1"  # bump when a score's meaning changes, to orphan old caches
+KEY_VERSION = "2"  # the key's own layout
+
+# what every model-based score depends on besides the detector's own module
+SHARED_MODULES = ("cleansers.base", "cleansers.run", "cleansers.detection_model", "cleansers.dynamics",
+                  "trainers.loop", "trainers.models", "trainers.augment", "pipelines.dataset")
+
+
+def vetset_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("vetset")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@functools.lru_cache(maxsize=256)
+def _source_digest(path: str, mtime_ns: int, size: int) -> str:
+    return hashlib.blake2b(Path(path).read_bytes(), digest_size=12).hexdigest()
+
+
+def module_digest(module_name: str) -> str:
+    """A hash of a module's source file (re-read when the file changes)."""
+    module = sys.modules.get(module_name)
+    if module is None:
+        import importlib
+
+        module = importlib.import_module(module_name)
+    path = inspect.getsourcefile(module) or getattr(module, "__file__", None)
+    if not path or not os.path.exists(path):
+        return f"{module_name}:no-source"
+    st = os.stat(path)
+    return _source_digest(path, st.st_mtime_ns, st.st_size)
+
+
+def code_identity(cls: type) -> str:
+    """vetset's version + the source hashes of ``cls``'s module and :data:`SHARED_MODULES`."""
+    modules = [cls.__module__] + [m for m in SHARED_MODULES if m != cls.__module__]
+    return _digest(vetset_version(), *(f"{m}={module_digest(m)}" for m in modules))
 
 
 def _digest(*parts: str, size: int = 16) -> str:
@@ -40,7 +89,7 @@ def detector_key(name: str, detector: Any) -> str:
     """Name + class + config of a built detector."""
     cls = type(detector)
     cfg = json.dumps(config_dict(detector.config), sort_keys=True, default=str)
-    return f"{name}-{_digest(KEY_VERSION, name, f'{cls.__module__}.{cls.__qualname__}', cfg)}"
+    return f"{name}-{_digest(KEY_VERSION, name, f'{cls.__module__}.{cls.__qualname__}', cfg, code_identity(cls))}"
 
 
 def whole_key(det_key: str, fingerprint: str, seed: int, expected_dirty_rate: float, upstream: list[str]) -> str:
@@ -61,8 +110,16 @@ def row_keys(ds: ImageDataset) -> np.ndarray:
     return out
 
 
-def default_cache_dir(runs_root: str | Path) -> Path:
-    return Path(runs_root) / ".cache"
+def default_cache_dir(runs_root: str | Path | None = None) -> Path:
+    """``$VETSET_CACHE_DIR``, else the user's cache directory for vetset (``runs_root`` is
+    not used any more: a cache under the working directory was a different cache in every
+    folder the command ran in)."""
+    env = os.environ.get("VETSET_CACHE_DIR")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("vetset")) / "scores"
 
 
 def whole_cache_key_fn(context: Any, parameters: dict) -> str:

@@ -34,15 +34,16 @@ class AuditParams(BaseModel):
     split: str = "train"
     # caching, shards, scale-out (see docs/flows.md)
     cache: bool = Field(True, description="reuse cached scores (per dataset+config, or per row)")
-    cache_dir: str | None = Field(None, description="score cache and shard store; default <runs_root>/.cache")
+    cache_dir: str | None = Field(None, description="score cache and shard store; default $VETSET_CACHE_DIR or the user cache dir")
     refresh_cache: bool = Field(False, description="recompute and overwrite cached scores")
     shard_size: int = Field(1024, ge=1, description="rows per scoring shard")
     shard_retries: int = Field(2, ge=0, description="retries of a failing shard before the run fails")
     task_runner: Literal["thread", "dask"] = "thread"
     dask_address: str | None = Field(None, description="scheduler address; none = a LocalCluster for the run")
     workers: int | None = Field(None, ge=1, description="threads, or LocalCluster workers (default 2)")
-    alert_fraction: float | None = Field(0.2, gt=0, le=1,
-                                         description="flagged fraction at which the completion event says alert")
+    alert_fraction: float | None = Field(None, gt=0, le=1,
+                                         description="the completion event says alert when the verdict found dirt; "
+                                                     "with this set, the flagged fraction must also reach it")
     emit_events: bool = True
 
     @field_validator("plugins")

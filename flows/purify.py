@@ -20,7 +20,9 @@ def purify_task(params: PurifyParams) -> dict:
     return purify_and_save(clean=clean, method=params.method, out=params.out, model_dir=params.model,
                            arch=params.arch, state_dict=params.state_dict, test=test, trigger=params.trigger,
                            options=params.options, n_clean=params.n_clean, device=params.device,
-                           seed=params.seed, log=logger.info)
+                           seed=params.seed, log=logger.info, min_rows_per_class=params.min_rows_per_class,
+                           allow_missing_classes=params.allow_missing_classes, holdout=params.holdout,
+                           max_ca_drop=params.max_ca_drop, force=params.force)
 
 
 @flow(name="purify", log_prints=True)

@@ -19,6 +19,11 @@ class PurifyParams(BaseModel):
     n_clean: int | None = Field(None, ge=1, description="use a class-balanced subset of this many clean rows")
     device: str = "auto"
     seed: int = 0
+    min_rows_per_class: int = Field(5, ge=1, description="least readable clean rows of each class")
+    allow_missing_classes: bool = Field(False, description="go on when the clean set lacks some of the model's classes")
+    holdout: float = Field(0.1, ge=0, lt=1, description="share of the clean set kept out to check clean accuracy")
+    max_ca_drop: float = Field(0.10, ge=0, le=1, description="largest held-out clean-accuracy drop before refusing")
+    force: bool = Field(False, description="save even when the clean accuracy collapsed")
 
     @model_validator(mode="after")
     def _one_source(self) -> "PurifyParams":

@@ -107,11 +107,60 @@ def detector_rows(manifest: dict) -> list[list[str]]:
 DETECTOR_HEADER = ["detector", "flagged", "seconds", "finding"]
 
 
+def interleaved_flagged(frame: pd.DataFrame, top_k: int) -> pd.DataFrame:
+    """The flagged rows to show: round-robin over (first reason, given class) groups, each
+    group dirtiest first, so that no single detector or class fills the grid."""
+    flagged = frame[frame["flagged"]].sort_values("dirty_score", ascending=False, kind="stable")
+    if flagged.empty:
+        return flagged
+    key = flagged["reasons"].str.split(",").str[0].fillna("") + "|" + flagged["label"].astype(str)
+    groups = [g.index.tolist() for _, g in flagged.groupby(key, sort=False)]
+    order: list = []
+    depth = 0
+    while len(order) < min(top_k, len(flagged)):
+        for g in groups:
+            if depth < len(g):
+                order.append(g[depth])
+        depth += 1
+    return flagged.loc[order[:top_k]]
+
+
+def verdict_rows(verdict) -> list[list[str]]:
+    """Per class: rows, size vs the median, named as a backdoor target, the signals that
+    fired, injected rows flagged, wrong labels flagged (top suggestions)."""
+    rows = []
+    for c in verdict.classes:
+        fired = "; ".join(f"{s.name} {s.value:g}" for s in c.signals if s.fired)
+        sugg = ", ".join(f"{k} {v}" for k, v in list(c.suggested.items())[:3])
+        rows.append([c.class_name, str(c.rows), f"{c.size_ratio:.2f}x", "yes" if c.backdoor else "",
+                     fired, str(c.injected_rows), f"{c.mislabelled_rows}" + (f" ({sugg})" if sugg else "")])
+    return rows
+
+
+VERDICT_HEADER = ["class", "rows", "vs median", "backdoor target", "signals that fired", "injected rows flagged",
+                  "wrong labels flagged (suggested)"]
+
+
 def render_report(ds: ImageDataset, frame: pd.DataFrame, manifest: dict, metrics: dict | None, paths: RunPaths,
-                  top_k: int = 48) -> None:
-    flagged = frame[frame["flagged"]].sort_values("dirty_score", ascending=False, kind="stable").head(top_k)
+                  verdict=None, top_k: int = 48) -> None:
+    """``verdict``: the audit's :class:`pipelines.verdict.AuditVerdict` (its headline comes
+    first, its per-class table replaces the plain one)."""
+    flagged = interleaved_flagged(frame, top_k)
     cls = per_class(frame)
     cls_rows = cls.values.tolist()
+    if verdict is not None:
+        cls_header, cls_rows = VERDICT_HEADER, verdict_rows(verdict)
+    else:
+        cls_header = list(cls.columns)
+    verdict_html = ""
+    verdict_md: list[str] = []
+    if verdict is not None:
+        log = "".join(f"<li>{html.escape(f)}</li>" for f in verdict.findings) or "<li>no class had evidence</li>"
+        verdict_html = (f'<h2>Verdict</h2><p id="verdict" class="{html.escape(verdict.status)}"><b>'
+                        f"{html.escape(verdict.headline)}</b> (confidence: {html.escape(verdict.confidence)})</p>"
+                        f"<details><summary>How it was decided</summary><ul>{log}</ul></details>")
+        verdict_md = ["## Verdict", "", f"**{verdict.headline}** (confidence: {verdict.confidence})", ""]
+        verdict_md += [f"- {f}" for f in verdict.findings] + [""]
     summary = summary_rows(manifest)
     det_rows = detector_rows(manifest)
     met = metrics_rows(metrics)
@@ -131,21 +180,22 @@ def render_report(ds: ImageDataset, frame: pd.DataFrame, manifest: dict, metrics
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}figure{{display:inline-block;margin:4px;width:110px;vertical-align:top;font-size:12px}}
 figure img{{image-rendering:pixelated;width:96px;height:96px}}</style></head><body>
 <h1>vetset audit</h1><p>run <code>{html.escape(manifest['run_id'])}</code>, {html.escape(manifest['created_at'])}</p>
+{verdict_html}
 <h2>Summary</h2>{_html_table(['', ''], [list(r) for r in summary])}
 <h2>Detectors</h2>{_html_table(DETECTOR_HEADER, det_rows)}
 {('<h2>Against the truth table</h2>' + _html_table(METRIC_HEADER, met)) if met else ''}
 <h2>Dirty score</h2><p>Rows at or above 0.5 (dashed line) are flagged; red = flagged.</p>{_histogram_svg(frame)}
-<h2>Per class</h2>{_html_table(list(cls.columns), cls_rows)}
-<h2>Top {len(flagged)} flagged rows</h2><p>Given label in bold, suggested label after the arrow, dirty score, the detectors that fired.</p>
+<h2>Per class</h2>{_html_table(cls_header, cls_rows)}
+<h2>{len(flagged)} flagged rows</h2><p>Taken in turn from each (reason, class) group, dirtiest first, so one detector cannot fill the grid. Given label in bold, suggested label after the arrow, dirty score, the detectors that fired.</p>
 <div>{''.join(cells) or '<p>No row was flagged.</p>'}</div>
 </body></html>"""
     atomic_write_text(page, paths.report_html)
 
-    md = [f"# vetset audit `{manifest['run_id']}`", "", "## Summary", "", _md_table(["", ""], [list(r) for r in summary]), "",
+    md = [f"# vetset audit `{manifest['run_id']}`", "", *verdict_md, "## Summary", "", _md_table(["", ""], [list(r) for r in summary]), "",
           "## Detectors", "", _md_table(DETECTOR_HEADER, det_rows), ""]
     if met:
         md += ["## Against the truth table", "", _md_table(METRIC_HEADER, met), ""]
-    md += ["## Per class", "", _md_table(list(cls.columns), cls_rows), "", f"## Top {min(len(flagged), 20)} flagged rows", "",
+    md += ["## Per class", "", _md_table(cls_header, cls_rows), "", f"## {min(len(flagged), 20)} flagged rows", "",
            _md_table(["sample_id", "label", "dirty_score", "reasons", "suggested"],
                      [[r.sample_id, r.label_name, f"{r.dirty_score:.3f}", r.reasons,
                        ds.class_names[r.suggested_label] if r.suggested_label >= 0 else ""]

@@ -54,6 +54,15 @@ def cifar_parquet(tmp_path, cifar_dir) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _cache_in_a_temporary_folder(tmp_path_factory):
+    """The score cache defaults to the user's cache directory; tests never touch it."""
+    import os
+
+    os.environ.setdefault("VETSET_CACHE_DIR", str(tmp_path_factory.mktemp("vetset-cache")))
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _prefect_logging_on_the_session_stream():
     """Prefect sets up its console log handler when first imported, on whatever sys.stderr is
     at that moment. Imported first inside a test that uses capsys, it keeps writing to that

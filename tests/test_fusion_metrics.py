@@ -83,16 +83,16 @@ def test_quota_detectors_count_only_with_agreement():
 
 
 def test_a_lone_quota_detector_keeps_its_own_decision():
-    """An audit that ran only ABL (a quota detector) flags what ABL flagged; once a second
-    detector ran, a lone quota flag needs agreement again."""
+    """An audit that ran only a quota detector (a ranker: spectral signatures) flags what it
+    flagged; once a second detector ran, a lone quota flag needs agreement again."""
     ds = _ds(4)
-    abl = DetectorResult("abl", [0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0])
-    alone = fuse(ds, [abl])
+    spectral = DetectorResult("spectral", [0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0])
+    alone = fuse(ds, [spectral])
     assert alone["flagged"].tolist() == [True, True, False, False]
-    assert alone["reasons"].tolist() == ["abl", "abl", "", ""]
-    spectral = DetectorResult("spectral", [0.9, 0.1, 0.1, 0.8], [1, 0, 0, 1])
-    both = fuse(ds, [abl, spectral])
+    assert alone["reasons"].tolist() == ["spectral", "spectral", "", ""]
+    ac = DetectorResult("activation_clustering", [0.9, 0.1, 0.1, 0.8], [1, 0, 0, 1])
+    both = fuse(ds, [spectral, ac])
     assert both["flagged"].tolist() == [True, False, False, False]
     agpd = DetectorResult("agpd", [0.1, 0.1, 0.9, 0.1], [0, 0, 1, 0])
-    assert fuse(ds, [abl, agpd])["flagged"].tolist() == [False, False, True, False]
-    assert fuse(ds, [abl], FusionConfig(agreement_votes=3))["flagged"].tolist() == [True, True, False, False]
+    assert fuse(ds, [spectral, agpd])["flagged"].tolist() == [False, False, True, False]
+    assert fuse(ds, [spectral], FusionConfig(agreement_votes=3))["flagged"].tolist() == [True, True, False, False]

@@ -191,6 +191,57 @@ def flooding_loss(gamma: float = 0.5, form: str = "sign") -> Callable[..., torch
 
 
 @dataclass
+class Checkpoint:
+    """Where :func:`fit` keeps its state after every epoch, so that a run killed at any
+    point (kill -9 included) resumes at the epoch it was in: the weights, the optimizer and
+    schedule, the data order and augmentation generators, the global RNG, the history, and
+    ``state()`` of whoever else needs saving (a hook's recorder; ``restore`` puts it back).
+    The file records what it belongs to (the TrainConfig, the data's size and a checksum
+    of the labels, the model's parameter shapes): a file of another run is ignored, never
+    resumed from. Written atomically; ``remove`` deletes it when training finished."""
+
+    path: Any
+    state: Callable[[], dict] | None = None
+    restore: Callable[[dict], None] | None = None
+    remove_when_done: bool = False
+
+
+def _checkpoint_identity(cfg: TrainConfig, targets: torch.Tensor, model: nn.Module) -> str:
+    import hashlib
+    import json
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
+    h.update(str(len(targets)).encode())
+    h.update(targets.detach().cpu().numpy().astype(np.int64).tobytes())
+    h.update(json.dumps([[k, list(v.shape)] for k, v in model.state_dict().items()]).encode())
+    return h.hexdigest()
+
+
+def _save_checkpoint(ck: Checkpoint, payload: dict) -> None:
+    from pathlib import Path
+
+    path = Path(ck.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(ck: Checkpoint, identity: str) -> dict | None:
+    from pathlib import Path
+
+    path = Path(ck.path)
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a torn or foreign file: start over
+        return None
+    return payload if isinstance(payload, dict) and payload.get("identity") == identity else None
+
+
+@dataclass
 class TrainResult:
     model: nn.Module
     history: list[dict] = field(default_factory=list)
@@ -317,8 +368,11 @@ def _extra_rows(extra: Any, device: torch.device, cfg: TrainConfig, gen: torch.G
 
 def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[int] | np.ndarray | torch.Tensor,
         cfg: TrainConfig | None = None, hooks: TrainHooks | None = None,
-        log: Callable[[dict], Any] | None = None) -> TrainResult:
+        log: Callable[[dict], Any] | None = None, checkpoint: Checkpoint | None = None) -> TrainResult:
     """Train ``model`` (float [0,1] NCHW in, logits out) on uint8 NHWC ``images``.
+
+    ``checkpoint``: save the state after every epoch and resume from it (see
+    :class:`Checkpoint`); a resumed run gives the weights of an uninterrupted one.
 
     Returns the same model (moved to the device, in eval mode) and one dict per epoch:
     ``epoch``, ``loss`` (mean per-sample cross-entropy of the main rows), ``objective``
@@ -368,8 +422,24 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
     amp_ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else None
 
     history: list[dict] = []
+    start_epoch = 0
+    identity = None
+    if checkpoint is not None and world == 1:
+        identity = _checkpoint_identity(cfg, targets, model)
+        saved = _load_checkpoint(checkpoint, identity)
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            perm_gen.set_state(saved["perm_gen"])
+            aug_gen.set_state(saved["aug_gen"].to(aug_gen.get_state().device))
+            torch.set_rng_state(saved["rng"])
+            history = list(saved["history"])
+            start_epoch = cfg.epochs if saved.get("stopped") else int(saved["epoch"]) + 1
+            if checkpoint.restore is not None and saved.get("extra") is not None:
+                checkpoint.restore(saved["extra"])
     t_start = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         train_model.train()
         ascent = hooks.ascending(epoch)
@@ -447,8 +517,19 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
         history.append(record)
         if log is not None:
             log(record)
-        if hooks.on_epoch_end is not None and hooks.on_epoch_end(epoch, model):
+        stop = bool(hooks.on_epoch_end is not None and hooks.on_epoch_end(epoch, model))
+        if identity is not None:
+            _save_checkpoint(checkpoint, {
+                "identity": identity, "epoch": epoch, "stopped": stop, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "perm_gen": perm_gen.get_state(), "aug_gen": aug_gen.get_state().cpu(), "rng": torch.get_rng_state(),
+                "history": history, "extra": checkpoint.state() if checkpoint.state is not None else None})
+        if stop:
             break
+    if identity is not None and checkpoint.remove_when_done:
+        from pathlib import Path
+
+        Path(checkpoint.path).unlink(missing_ok=True)
     model.eval()
     return TrainResult(model=model, history=history, seconds=time.perf_counter() - t_start)
 

@@ -58,6 +58,8 @@ def run_audit_cli(params) -> Any:
         _check_trusted(params)
     logging_quiet.install()
     summary = audit_flow(params)
+    if summary.verdict:
+        print(f"verdict: {summary.verdict['headline']} (confidence: {summary.verdict['confidence']})")
     print(f"rows: {summary.rows}  flagged: {summary.flagged}  unreadable: {summary.unreadable}")
     for name, c in (summary.cache or {}).items():
         print(f"{name}: {c.get('rows_reused', 0)} rows reused from the cache, {c.get('rows_computed', 0)} scored"
@@ -65,6 +67,7 @@ def run_audit_cli(params) -> Any:
     _print_metrics(summary.metrics)
     print(f"scores:  {Path(summary.run_dir) / 'scores.parquet'}")
     print(f"flagged: {Path(summary.run_dir) / 'flagged.parquet'}")
+    print(f"verdict: {Path(summary.run_dir) / 'verdict.json'}")
     print(f"report:  {Path(summary.run_dir) / 'report.html'}")
     return summary
 
@@ -113,7 +116,7 @@ def add_run_arguments(sp: argparse.ArgumentParser) -> None:
     g = sp.add_argument_group("caching, shards and scale-out")
     g.add_argument("--plugin", dest="plugins", action="append", metavar="MODULE",
                    help="import a module first (it may register more detectors); repeatable")
-    g.add_argument("--cache-dir", help="score cache and shard store (default runs/.cache)")
+    g.add_argument("--cache-dir", help="score cache and shard store (default $VETSET_CACHE_DIR, else the user cache dir; see `vetset cache info`)")
     g.add_argument("--no-cache", action="store_true", help="do not reuse cached scores")
     g.add_argument("--refresh-cache", action="store_true", help="recompute cached scores and overwrite them")
     g.add_argument("--shard-size", type=int, help="rows per scoring shard (default 1024)")
@@ -123,7 +126,8 @@ def add_run_arguments(sp: argparse.ArgumentParser) -> None:
                                           "without it, dask starts a LocalCluster")
     g.add_argument("--workers", type=int, help="threads, or LocalCluster workers (default 2)")
     g.add_argument("--alert-fraction", type=float,
-                   help="flagged fraction at which the completion event raises vetset.alert (default 0.2)")
+                   help="the completion event raises vetset.alert when the verdict found dirt; with this, "
+                        "the flagged fraction must also reach it (default: not required)")
 
 
 def add_detector_arguments(sp: argparse.ArgumentParser, default: str | None = None) -> None:

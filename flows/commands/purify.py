@@ -24,6 +24,15 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="model directory to write")
+    g = p.add_argument_group("checks")
+    g.add_argument("--min-rows-per-class", type=int, default=5, help="least readable clean rows of each class (5)")
+    g.add_argument("--allow-missing-classes", action="store_true",
+                   help="go on when the clean set lacks some of the model's classes")
+    g.add_argument("--holdout", type=float, default=0.1,
+                   help="share of the clean set kept out to measure clean accuracy before and after (0.1)")
+    g.add_argument("--max-ca-drop", type=float, default=0.10,
+                   help="refuse to save when the held-out clean accuracy falls by more than this (0.10)")
+    g.add_argument("--force", action="store_true", help="save even when the clean accuracy collapsed")
 
 
 def _options(pairs: list[str]) -> dict:
@@ -47,7 +56,9 @@ def cmd_purify(args: argparse.Namespace) -> int:
 
     params = build_params(PurifyParams, model=args.model, arch=args.arch, state_dict=args.state_dict,
                           clean=args.clean, method=args.method, out=args.out, test=args.test, trigger=args.trigger,
-                          options=_options(args.set), n_clean=args.n_clean, device=args.device, seed=args.seed)
+                          options=_options(args.set), n_clean=args.n_clean, device=args.device, seed=args.seed,
+                          min_rows_per_class=args.min_rows_per_class, allow_missing_classes=args.allow_missing_classes,
+                          holdout=args.holdout, max_ca_drop=args.max_ca_drop, force=args.force)
     PURIFIERS.get(params.method)
     make_config(params.method, params.options)
     validate_source(params.clean)
@@ -62,6 +73,13 @@ def cmd_purify(args: argparse.Namespace) -> int:
                                   num_classes=clean.num_classes, input_size=clean.image_size)
     if int(meta["num_classes"]) != clean.num_classes:
         raise VetsetError(f"the model has {meta['num_classes']} classes, the clean set {clean.num_classes}")
+    if tuple(meta["input_size"]) != tuple(clean.image_size):
+        raise VetsetError(f"the model takes {tuple(meta['input_size'])} images, the clean set has {clean.image_size}")
+    from trainers.purify.run import balanced_subset, check_clean_set
+
+    check_clean_set(balanced_subset(clean, params.n_clean, params.seed) if params.n_clean else clean,
+                    int(meta["num_classes"]), min_rows_per_class=params.min_rows_per_class,
+                    allow_missing_classes=params.allow_missing_classes)
     del model
     logging_quiet.install()
     metrics = purify_flow(params)

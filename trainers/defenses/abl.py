@@ -43,10 +43,10 @@ def isolation_config(*, epochs: int = 20, lr: float = 0.01, batch_size: int = 12
 
 
 def train_isolation_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, *,
-                          gamma: float = 0.5, loss_form: str = "sign", log=None):
+                          gamma: float = 0.5, loss_form: str = "sign", log=None, checkpoint=None):
     """Train ``model`` with ABL's local gradient ascent (flooding loss); returns fit's result."""
     hooks = TrainHooks(loss_fn=flooding_loss(gamma, loss_form))
-    return fit(model, images, labels, cfg, hooks=hooks, log=log)
+    return fit(model, images, labels, cfg, hooks=hooks, log=log, checkpoint=checkpoint)
 
 
 def isolate(model: nn.Module, images: np.ndarray, labels: np.ndarray, ratio: float,

@@ -99,6 +99,61 @@ def balanced_subset(ds: ImageDataset, n: int, seed: int = 0) -> ImageDataset:
     return ds.subset(np.sort(np.asarray(picks, dtype=np.int64)))
 
 
+def check_clean_set(clean: ImageDataset, num_classes: int, *, min_rows_per_class: int = 5,
+                    allow_missing_classes: bool = False) -> None:
+    """Refuse a clean set that cannot purify a model of ``num_classes`` classes: every class
+    the model predicts must be there with at least ``min_rows_per_class`` readable rows
+    (``allow_missing_classes`` lets absent classes through, never classes with too few rows
+    among those present). One class alone (a slice of a label-sorted file) is refused
+    always: every method then returns a model that predicts that class for any input."""
+    readable = ~clean.unreadable
+    counts = np.bincount(clean.labels[readable], minlength=num_classes)[:num_classes]
+    names = list(clean.class_names) + [str(k) for k in range(len(clean.class_names), num_classes)]
+    missing = [names[k] for k in range(num_classes) if counts[k] == 0]
+    present = int((counts > 0).sum())
+    if present < 2:
+        only = names[int(np.argmax(counts))] if present else "none"
+        raise VetsetError(f"the clean set holds one class only ({only}; {int(counts.sum())} rows): purifying with it "
+                          "teaches the model to predict that class for every input; take a class-balanced sample "
+                          "(a slice of a label-sorted file holds one class)")
+    if missing and not allow_missing_classes:
+        raise VetsetError(f"the clean set lacks {len(missing)} of the model's {num_classes} classes "
+                          f"({', '.join(missing[:6])}{'...' if len(missing) > 6 else ''}); give rows of every class, "
+                          "or --allow-missing-classes to go on anyway")
+    thin = [f"{names[k]} ({int(counts[k])})" for k in range(num_classes) if 0 < counts[k] < min_rows_per_class]
+    if thin:
+        raise VetsetError(f"the clean set has fewer than {min_rows_per_class} readable rows for "
+                          f"{', '.join(thin[:6])}{'...' if len(thin) > 6 else ''}; give more, or lower "
+                          "--min-rows-per-class")
+
+
+def holdout_split(clean: ImageDataset, fraction: float, seed: int = 0) -> tuple[ImageDataset, ImageDataset | None]:
+    """(rows to purify with, held-out rows to check clean accuracy on): ``fraction`` of each
+    class's readable rows (at least one row of a class with two or more), stratified and
+    seeded. None held out when ``fraction`` is 0."""
+    if fraction <= 0:
+        return clean, None
+    rng = np.random.default_rng([seed, 77])
+    readable = np.flatnonzero(~clean.unreadable)
+    held: list[int] = []
+    for k in np.unique(clean.labels[readable]):
+        rows = rng.permutation(readable[clean.labels[readable] == k])
+        if len(rows) >= 2:
+            held += rows[:max(1, int(round(fraction * len(rows))))].tolist()
+    held_idx = np.sort(np.asarray(held, dtype=np.int64))
+    keep = np.setdiff1d(np.arange(len(clean)), held_idx)
+    return clean.subset(keep), clean.subset(held_idx)
+
+
+def held_out_accuracy(model: torch.nn.Module, held: ImageDataset, device: Any) -> dict:
+    """Accuracy on the held-out clean rows and the share of the most predicted class."""
+    from ..loop import predict_logits
+
+    pred = predict_logits(model, held.images, device=device).argmax(1)
+    top = np.bincount(pred, minlength=held.num_classes).max() / max(len(pred), 1)
+    return {"clean_acc": float((pred == held.labels).mean()), "top_class_share": float(top), "rows": int(len(pred))}
+
+
 def strip_rates(model: StripWrapper, test: ImageDataset, trigger: Any = None, batch: int = 512) -> dict:
     """STRIP's false rejection rate on clean test rows and false acceptance rate of triggered
     non-target test rows."""
@@ -136,9 +191,17 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
                     state_dict: str | os.PathLike | None = None, test: ImageDataset | None = None,
                     trigger: str | os.PathLike | dict | None = None, options: dict | None = None,
                     n_clean: int | None = None, device: Any = "auto", seed: int = 0,
-                    log: Callable[[str], Any] | None = print) -> dict:
+                    log: Callable[[str], Any] | None = print, min_rows_per_class: int = 5,
+                    allow_missing_classes: bool = False, holdout: float = 0.1, max_ca_drop: float = 0.10,
+                    force: bool = False) -> dict:
     """Validate everything, purify, evaluate before/after (CA; ASR, RA, DER with a trigger),
-    save the model directory (``out``; skipped when None) with metrics.json and report.md."""
+    save the model directory (``out``; skipped when None) with metrics.json and report.md.
+
+    The clean set is checked first (:func:`check_clean_set`). ``holdout`` of it (10%,
+    stratified) is kept out of purification and used to measure clean accuracy before and
+    after; when it falls by more than ``max_ca_drop`` (10 points), or one class takes 90% of
+    the held-out predictions, nothing is saved and a one-line error says so, unless
+    ``force`` (the metrics record ``ca_check``)."""
     if method not in PURIFIERS:
         PURIFIERS.get(method)  # one-line error naming the known methods
     cfg = make_config(method, options)
@@ -159,13 +222,32 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
         if n_clean < 1:
             raise VetsetError("n_clean must be >= 1")
         clean = balanced_subset(clean, int(n_clean), seed)
+    check_clean_set(clean, int(meta["num_classes"]), min_rows_per_class=min_rows_per_class,
+                    allow_missing_classes=allow_missing_classes)
+    if not 0 <= holdout < 1:
+        raise VetsetError("holdout must be in [0, 1)")
+    clean, held = holdout_split(clean, holdout, seed)
 
     metrics: dict[str, Any] = {"method": method, "n_clean": int((~clean.unreadable).sum()),
                                "arch": meta["arch"], "source": str(model_dir or state_dict)}
     if test is not None:
         metrics["before"] = evaluate(model, test, trigger_spec, device=device)
+    held_before = held_out_accuracy(model, held, device) if held is not None and len(held) else None
     purified, info = purify(method, model, clean, cfg, device=device, seed=seed,
                             log=(lambda m: log(m)) if log else None)
+    if held_before is not None:
+        held_after = held_out_accuracy(purified, held, device)
+        drop = held_before["clean_acc"] - held_after["clean_acc"]
+        collapsed = drop > max_ca_drop or (held_after["top_class_share"] >= 0.9 and held.num_classes > 1
+                                           and len(np.unique(held.labels)) > 1)
+        metrics["ca_check"] = {"held_out_rows": held_after["rows"], "before": held_before["clean_acc"],
+                               "after": held_after["clean_acc"], "drop": drop, "max_drop": max_ca_drop,
+                               "top_class_share_after": held_after["top_class_share"], "collapsed": bool(collapsed),
+                               "forced": bool(force and collapsed)}
+        if collapsed and not force:
+            raise VetsetError(f"{method} collapsed the model's clean accuracy on {held_after['rows']} held-out clean rows "
+                              f"({held_before['clean_acc']:.3f} -> {held_after['clean_acc']:.3f}, most predicted class "
+                              f"{held_after['top_class_share']:.0%} of them); nothing saved (--force saves it anyway)")
     metrics["seconds"] = info["seconds"]
     metrics["purification"] = _jsonable({k: v for k, v in info.items() if k not in ("wrapper",)})
     if test is not None:

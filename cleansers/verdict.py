@@ -1,0 +1,393 @@
+"""The audit's decision: which classes hold injected rows, which rows are flagged and why,
+computed once from every detector's result (:func:`decide`).
+
+A class is named as holding injected (backdoor-poisoned) rows when the evidence for it is
+strong or comes from at least two independent signals, so that no single gate decides:
+
+- ``class_size``: the class's rows against the median class (computed here). All-to-one
+  dirty-label poisoning relabels rows of every class into the target: at 10% of a
+  balanced dataset the target holds about twice the median. Weak evidence: a class may be
+  large for honest reasons;
+- each detector's ``info["class_evidence"]``: AGPD's per-class statistic (strong at its
+  published rule, z >= e^2; weak from z >= 3), SentiNet's patch-transplant rows (strong
+  when enough rows of the class, most in one window, move other classes' images to it),
+  training dynamics (the class learned far earlier than the others, as a clean-label SIG
+  target is; a per-class split that is sharp);
+- ``label_issue_share``: the share of the class flagged as wrong labels, against the other
+  classes (weak): when the detection model does not learn a trigger, the injected rows of a
+  dirty-label attack look like wrong labels, all in one class.
+
+Rows flagged as injected: in a named class, the anomalous part of the training-dynamics
+split (``dynamics``) and the flags of the detectors that gave class evidence (AGPD,
+SentiNet). Outside the named classes those detectors' flags do not count (AGPD's rho
+fallback flagged hard classes of clean data). Specialists without class evidence (VDC)
+flag alone; label-noise detectors flag wrong labels (with suggested labels) everywhere;
+rankers' own flags (a share fixed by design) count only where another detector fired too,
+unless the audit ran that ranker alone. Unreadable rows are flagged.
+
+The verdict says "dirt found" when a class is named, or when the wrong labels found are
+more than ``label_min_rows`` and ``label_min_fraction`` of the rows (a handful of flags on
+a large clean set is what hard images give), or when rows are unreadable; else "clean",
+with what was checked. Every decision is a sentence in ``findings``.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipelines.dataset import ImageDataset
+from pipelines.verdict import AuditVerdict, ClassVerdict, Signal
+
+from .base import DetectorResult, detector_kind
+
+STRENGTHS = ("none", "weak", "strong")
+
+
+@dataclass
+class VerdictConfig:
+    """``size_ratio`` / ``size_z``: the class-size signal fires when a class holds at least
+    1.2x the median class and its robust z over the class sizes is at least 3 (a balanced
+    dataset with 5% all-to-one poisoning: about 1.5x and z > 20); ``weak_needed``: weak
+    signals that name a class (2); ``posterior``: the training-dynamics split's posterior
+    at which a row of a named class is flagged (0.5); ``label_share_z`` /
+    ``label_share_min``: a class whose share of wrong-label flags has a robust z of at
+    least 4 over the classes and is at least 10% is weak evidence (5% symmetric noise on
+    digits put 7% of one class's rows among the flags by chance); ``split_with_specialists``:
+    in a class where specialists (SentiNet, AGPD) flagged at least 10 rows, flag only
+    their rows (False, the default: the split added clean rows to SentiNet's exact patch
+    flags) or also the split's part they sit in; ``label_min_rows`` /
+    ``label_min_fraction``: wrong labels count as dirt found above 10 rows and 0.2% of the
+    rows."""
+
+    size_ratio: float = 1.2
+    size_z: float = 3.0
+    size_strong_ratio: float = 1.3
+    size_strong_z: float = 10.0
+    weak_needed: int = 2
+    posterior: float = 0.5
+    label_share_z: float = 4.0
+    label_share_min: float = 0.10
+    split_with_specialists: bool = False
+    label_min_rows: int = 10
+    label_min_fraction: float = 0.002
+    # row-level fusion (cleansers/fusion.py): ``min_votes`` specialists without class
+    # evidence must fire to flag a row; rankers count where ``agreement_votes`` detectors
+    # fired (capped at the number that ran); ``needs_agreement`` None = the declared kinds,
+    # else exactly these detectors are rankers
+    min_votes: int = 1
+    agreement_votes: int = 2
+    needs_agreement: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_votes < 1 or self.agreement_votes < 1:
+            raise ValueError("min_votes and agreement_votes must be >= 1")
+        if self.needs_agreement is not None:
+            self.needs_agreement = tuple(self.needs_agreement)
+
+    def kind(self, name: str) -> str:
+        declared = detector_kind(name)
+        if self.needs_agreement is None or declared == "label_noise":
+            return declared
+        return "ranker" if name in self.needs_agreement else "specialist"
+
+
+@dataclass
+class Decision:
+    verdict: AuditVerdict
+    backdoor: np.ndarray  # bool per row: flagged as injected
+    label_issue: np.ndarray  # bool per row: flagged as a wrong label
+    other: np.ndarray  # bool per row: flagged by a specialist without class evidence or rankers' agreement
+    row_reasons: list[list[str]]  # per row, the detectors / rules that fired, strongest first
+    suggested: np.ndarray  # int per row, -1 = none
+
+
+def _robust_z(values: np.ndarray) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    med = np.median(v)
+    mad = 1.4826 * np.median(np.abs(v - med))
+    if mad <= 1e-12:
+        # a perfectly balanced set: any departure is infinitely unusual; keep it finite
+        mad = max(1e-3 * abs(med), 1e-6)
+    return (v - med) / mad
+
+
+def calibrate(result: DetectorResult) -> np.ndarray:
+    """Rank-map one detector's scores onto [0, 1] so that its flagged rows land in (0.5, 1]
+    and the others in [0, 0.5), each part ordered by the detector's own score."""
+    score, flag = result.score, result.flag
+    out = np.full(score.shape, np.nan)
+    valid = ~np.isnan(score)
+    for mask, lo in ((flag & valid, 0.5), (~flag & valid, 0.0)):
+        n = int(mask.sum())
+        if n == 0:
+            continue
+        ranks = pd.Series(score[mask]).rank(method="average").to_numpy()
+        out[mask] = lo + 0.5 * ranks / n if lo == 0.5 else 0.5 * (ranks - 0.5) / n
+    return out
+
+
+def _class_signals(ds: ImageDataset, results: list[DetectorResult], label_flags: np.ndarray,
+                   cfg: VerdictConfig) -> tuple[dict[int, list[tuple[Signal, str, str]]], np.ndarray]:
+    """Per class: (signal, strength, source detector) entries; and the class sizes."""
+    K = ds.num_classes
+    readable = ~ds.unreadable
+    sizes = np.bincount(ds.labels[readable], minlength=K).astype(float)
+    present = sizes > 0
+    out: dict[int, list] = {k: [] for k in range(K)}
+    med = float(np.median(sizes[present])) if present.any() else 0.0
+    z = np.zeros(K)
+    if present.sum() >= 3:
+        z[present] = _robust_z(sizes[present])
+    for k in range(K):
+        ratio = sizes[k] / med if med else 0.0
+        fired = bool(ratio >= cfg.size_ratio and z[k] >= cfg.size_z)
+        strong = bool(ratio >= cfg.size_strong_ratio and z[k] >= cfg.size_strong_z)
+        out[k].append((Signal("class_size", round(ratio, 3), cfg.size_ratio, fired,
+                              f"{int(sizes[k])} rows, {ratio:.2f}x the median class ({med:.0f}); robust z {z[k]:.1f}"),
+                       "strong" if strong else "weak" if fired else "none", "verdict"))
+    for r in results:
+        for e in r.info.get("class_evidence", []) or []:
+            k = int(e["class"])
+            if not 0 <= k < K:
+                continue
+            strength = e.get("strength", "none")
+            out[k].append((Signal(e["signal"], float(e["value"]), e.get("threshold"), strength != "none",
+                                  e.get("detail", "")), strength, r.name))
+    if label_flags.any() and present.sum() >= 3:
+        share = np.array([label_flags[readable & (ds.labels == k)].mean() if present[k] else 0.0 for k in range(K)])
+        lz = np.zeros(K)
+        lz[present] = _robust_z(share[present])
+        for k in range(K):
+            fired = bool(lz[k] >= cfg.label_share_z and share[k] >= cfg.label_share_min)
+            out[k].append((Signal("label_issue_share", round(float(share[k]), 4), cfg.label_share_min, fired,
+                                  f"{share[k]:.1%} of the class flagged as wrong labels; robust z {lz[k]:.1f}"),
+                           "weak" if fired else "none", "verdict"))
+    return out, sizes
+
+
+def decide(ds: ImageDataset, results: list[DetectorResult], config: VerdictConfig | None = None) -> Decision:
+    cfg = config or VerdictConfig()
+    n, K = len(ds), ds.num_classes
+    names = ds.class_names
+    by_name = {r.name: r for r in results}
+    kinds = {r.name: cfg.kind(r.name) for r in results}
+    label_dets = [r for r in results if kinds[r.name] == "label_noise"]
+    label_flags = np.zeros(n, dtype=bool)
+    for r in label_dets:
+        label_flags |= r.flag
+    signals, sizes = _class_signals(ds, results, label_flags, cfg)
+
+    named: list[int] = []
+    evidence_score = np.zeros(K)
+    findings: list[str] = []
+    for k in range(K):
+        strengths = [s for _, s, _ in signals[k]]
+        strong, weak = strengths.count("strong"), strengths.count("weak")
+        evidence_score[k] = 2 * strong + weak
+        if strong or weak >= cfg.weak_needed:
+            named.append(k)
+            fired = [f"{sig.name} {sig.value:g} ({src}, {s})" for sig, s, src in signals[k] if s != "none"]
+            findings.append(f"class {names[k]} named as holding injected rows: " + "; ".join(fired))
+        elif weak:
+            fired = [f"{sig.name} {sig.value:g} ({src})" for sig, s, src in signals[k] if s != "none"]
+            findings.append(f"class {names[k]}: one weak signal only ({'; '.join(fired)}), not named")
+
+    # rows
+    backdoor = np.zeros(n, dtype=bool)
+    other = np.zeros(n, dtype=bool)
+    reasons: list[list[tuple[float, str]]] = [[] for _ in range(n)]
+    calibrated = {r.name: np.nan_to_num(calibrate(r), nan=0.0) for r in results}
+    in_named = np.isin(ds.labels, named) & ~ds.unreadable
+    gives_evidence = {r.name for r in results if r.info.get("class_evidence")}
+    dyn = by_name.get("dynamics")
+    if dyn is not None and named:
+        for k in named:
+            specialists = [r for r in results if r.name in gives_evidence]
+            spec_rows = int(sum((r.flag & (ds.labels == k)).sum() for r in specialists))
+            if spec_rows >= 10 and not cfg.split_with_specialists:
+                findings.append(f"class {names[k]}: the specialists' {spec_rows} flags are its injected rows "
+                                "(the training-dynamics split is not added)")
+                continue
+            post, side = _injected_posterior(ds, k, dyn, specialists, label_flags, signals[k])
+            hit = (ds.labels == k) & ~ds.unreadable & (post >= cfg.posterior)
+            backdoor |= hit
+            findings.append(f"class {names[k]}: {int(hit.sum())} rows in the {side} part of its training-dynamics "
+                            "split flagged as injected")
+            for i in np.flatnonzero(hit):
+                reasons[i].append((calibrated["dynamics"][i], "dynamics"))
+    agreement = min(max(cfg.agreement_votes, cfg.min_votes), max(len(results), 1))
+    fired_count = np.zeros(n, dtype=int)
+    specialist_count = np.zeros(n, dtype=int)
+    for r in results:
+        fired_count += r.flag.astype(int)
+        if kinds[r.name] == "specialist" and r.name not in gives_evidence:
+            specialist_count += r.flag.astype(int)
+    for r in results:
+        kind = kinds[r.name]
+        if kind == "label_noise":
+            continue
+        if kind == "ranker":
+            hit = r.flag & (fired_count >= agreement)
+            target = other
+        elif r.name in gives_evidence:
+            # in the named classes; everywhere when it is the audit's only detector (the user asked for it)
+            hit = r.flag & (in_named | (len(results) == 1))
+            target = backdoor
+        else:
+            hit = r.flag & (specialist_count >= cfg.min_votes)
+            target = other
+        target |= hit
+        for i in np.flatnonzero(hit):
+            reasons[i].append((calibrated[r.name][i], r.name))
+    for r in label_dets:
+        for i in np.flatnonzero(r.flag):
+            reasons[i].append((calibrated[r.name][i], r.name))
+    row_reasons = []
+    for i in range(n):
+        seen, ordered = set(), []
+        for _, name in sorted(reasons[i], reverse=True):
+            if name not in seen:
+                seen.add(name)
+                ordered.append(name)
+        row_reasons.append((["unreadable"] if ds.unreadable[i] else []) + ordered)
+    suggested = np.full(n, -1, dtype=np.int64)
+    for r in results:
+        if r.suggested_label is None:
+            continue
+        take = (suggested < 0) & r.flag & (r.suggested_label >= 0) & (label_flags | (kinds[r.name] != "label_noise"))
+        suggested[take] = r.suggested_label[take]
+    suggested[backdoor & ~label_flags] = -1  # an injected row's label is the attacker's; no honest suggestion
+
+    verdict = _verdict(ds, results, signals, sizes, named, evidence_score, backdoor, label_flags, other,
+                       suggested, findings, cfg)
+    return Decision(verdict, backdoor, label_flags & ~ds.unreadable, other, row_reasons, suggested)
+
+
+def _injected_posterior(ds: ImageDataset, k: int, dyn: DetectorResult, specialists: list[DetectorResult],
+                        label_flags: np.ndarray, signals_k: list) -> tuple[np.ndarray, str]:
+    """Which part of class ``k``'s training-dynamics split holds the injected rows, as a
+    posterior per row, and why. When the detection model learned the trigger, the injected
+    rows are the part it is surest of; when it did not, they look like wrong labels, the
+    part it is least sure of. So: the part holding most of the rows that specialists (SentiNet,
+    AGPD) flagged in the class, when they flagged at least 10; else, when the class's share of
+    wrong-label flags fired, the less sure part; else the part whose signals lie farther from
+    the other classes' (the detector's own choice)."""
+    rows = (ds.labels == k) & ~ds.unreadable
+    conf_post = dyn.arrays.get("posterior_confident")
+    if conf_post is None:
+        return np.nan_to_num(dyn.score), "anomalous"
+    conf_post = np.nan_to_num(conf_post)
+    spec = np.zeros(len(ds), dtype=bool)
+    for r in specialists:
+        spec |= r.flag
+    spec &= rows
+    if spec.sum() >= 10:
+        if conf_post[spec].mean() >= 0.5:
+            return conf_post, "surer (learned-trigger) part, where the specialists' flags sit,"
+        return 1.0 - conf_post, "less sure part, where the specialists' flags sit,"
+    if any(s.name == "label_issue_share" and st != "none" for s, st, _ in signals_k):
+        return 1.0 - conf_post, "less sure (looks mislabelled) part"
+    return np.nan_to_num(dyn.score), "anomalous (farther from the other classes)"
+
+
+def _verdict(ds, results, signals, sizes, named, evidence_score, backdoor, label_flags, other, suggested,
+             findings, cfg) -> AuditVerdict:
+    n, names = len(ds), ds.class_names
+    flagged = backdoor | label_flags | other | ds.unreadable
+    med = float(np.median(sizes[sizes > 0])) if (sizes > 0).any() else 0.0
+    label_only = label_flags & ~backdoor
+    classes = []
+    for k in range(ds.num_classes):
+        rows_k = ds.labels == k
+        sugg = Counter(names[s] for s in suggested[label_only & rows_k] if s >= 0)
+        excess = sizes[k] - med
+        estimate = int(round(excess * ds.num_classes / max(ds.num_classes - 1, 1))) if k in named and excess > 0 else None
+        classes.append(ClassVerdict(
+            class_id=k, class_name=names[k], rows=int(sizes[k]), size_ratio=round(sizes[k] / med, 3) if med else 0.0,
+            backdoor=k in named, evidence=float(evidence_score[k]), signals=[s for s, _, _ in signals[k]],
+            injected_rows=int((backdoor & rows_k).sum()), injected_estimate=estimate,
+            mislabelled_rows=int((label_only & rows_k).sum()), suggested=dict(sugg.most_common()),
+            flagged_rows=int((flagged & rows_k).sum())))
+    pairs = Counter((names[ds.labels[i]], names[suggested[i]]) for i in np.flatnonzero(label_only) if suggested[i] >= 0)
+    confusions = [{"given": g, "suggested": s, "rows": c} for (g, s), c in pairs.most_common(10)]
+    n_label = int(label_only.sum())
+    label_dirt = n_label > cfg.label_min_rows and n_label >= cfg.label_min_fraction * n
+    if n_label and not label_dirt:
+        findings.append(f"{n_label} rows flagged as possible wrong labels: at most {cfg.label_min_rows} rows or "
+                        f"{cfg.label_min_fraction:.1%} of the data, what hard images give; not counted as dirt found")
+    unreadable = int(ds.unreadable.sum())
+    dirt = bool(named) or label_dirt or unreadable > 0 or bool(other.any()) or bool(backdoor.any())
+    parts = []
+    for k in named:
+        c = classes[k]
+        fired = [f"{_describe(s)}" for s, st, _ in signals[k] if st != "none"]
+        parts.append(f"Likely backdoor: {c.injected_rows} rows injected into class {names[k]} "
+                     f"(signals: {', '.join(fired)}).")
+    if label_dirt:
+        top = ", ".join(f"{c['given']}->{c['suggested']} {c['rows']}" for c in confusions[:3])
+        parts.append(f"Likely wrong labels: {n_label} rows" + (f", mostly {top}." if top else "."))
+    if unreadable:
+        parts.append(f"{unreadable} rows could not be read (kept, flagged).")
+    outside = backdoor & ~np.isin(ds.labels, named)
+    if outside.any():
+        parts.append(f"{int(outside.sum())} rows flagged as triggered by "
+                     f"{', '.join(r.name for r in results)}, in no class the evidence named.")
+    if other.any():
+        parts.append(f"{int(other.sum())} rows flagged by other detectors.")
+    checked = _checked(results)
+    if not dirt:
+        headline = "No dirt found (checked: " + "; ".join(checked) + ")."
+        if n_label:
+            headline += f" {n_label} rows look possibly mislabelled, no more than hard images give; see the grid."
+    else:
+        headline = " ".join(parts)
+    strong_named = any(st == "strong" for k in named for _, st, _ in signals[k])
+    weak_counts = [sum(st == "weak" for _, st, _ in signals[k]) for k in named]
+    if named:
+        confidence = "high" if strong_named or max(weak_counts) >= 3 else "medium"
+    elif label_dirt:
+        confidence = "medium" if n_label >= 5 * cfg.label_min_rows else "low"
+    else:
+        weakest = any(r.info.get("withheld") for r in results)
+        confidence = "low" if weakest else "medium"
+    return AuditVerdict(
+        status="dirt_found" if dirt else "clean", headline=headline, confidence=confidence, rows=n,
+        flagged=int(flagged.sum()), suspected_poisoned=int(backdoor.sum()), suspected_mislabelled=n_label,
+        unreadable=unreadable, backdoor_classes=[names[k] for k in named], classes=classes, confusions=confusions,
+        checked=checked, findings=findings,
+        detectors={r.name: str(r.info.get("finding", "")) for r in results})
+
+
+def _describe(s: Signal) -> str:
+    if s.name == "class_size":
+        return f"class size {s.value:.1f}x the median"
+    if s.name == "agpd_z":
+        return f"AGPD z {s.value:.1f}"
+    if s.name == "sentinet_rows":
+        return f"{int(s.value)} rows whose patch moves other images (SentiNet)"
+    if s.name == "early_learning_z":
+        return f"learned early (z {s.value:.1f})"
+    if s.name == "sharp_split":
+        return f"a sharp split of how its rows were learned ({s.value:.0%})"
+    if s.name == "label_issue_share":
+        return f"{s.value:.0%} of it looks mislabelled"
+    if s.name == "abl_isolated_share":
+        return f"{s.value:.0%} of it isolated by ABL's low loss"
+    return f"{s.name} {s.value:g}"
+
+
+def _checked(results: list[DetectorResult]) -> list[str]:
+    out = ["class sizes"]
+    what = {"agpd": "AGPD's activation-gradient statistic per class",
+            "sentinet": "SentiNet's patch-transplant test per row",
+            "dynamics": "how each class's rows were learned (training dynamics, neighbours)",
+            "confident": "wrong labels (cleanlab, AUM, neighbour agreement)",
+            "vdc": "what a vision-language model sees in each image",
+            "abl": "ABL's loss isolation", "spectral": "spectral signatures",
+            "activation_clustering": "activation clustering", "outlier": "a pixel patch heuristic"}
+    for r in results:
+        out.append(what.get(r.name, r.name))
+    return out

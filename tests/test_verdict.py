@@ -1,0 +1,162 @@
+"""The verdict's rules on fixed detector results (no training): which class is named, which
+rows are flagged and why, what the headline says, and verdict.json."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import cleansers  # noqa: F401  (registers the detectors and their kinds)
+from cleansers.base import DetectorResult, detector_kind
+from cleansers.fusion import FusionConfig, fuse_and_decide
+from pipelines.dataset import ImageDataset
+from pipelines.verdict import AuditVerdict, read_verdict, write_verdict
+
+K = 5
+
+
+def _ds(sizes: list[int]) -> ImageDataset:
+    labels = np.concatenate([np.full(s, k) for k, s in enumerate(sizes)])
+    n = len(labels)
+    return ImageDataset(np.zeros((n, 2, 2, 3), np.uint8), labels, [f"c{k}" for k in range(len(sizes))],
+                        [f"r{i}" for i in range(n)])
+
+
+def _evidence(k_strong: dict[int, tuple[str, str, float]], signal: str) -> list[dict]:
+    return [{"class": k, "signal": signal, "value": v, "threshold": 3.0, "strength": st, "detail": ""}
+            for k, (_, st, v) in k_strong.items()]
+
+
+def _dynamics(ds: ImageDataset, posterior: np.ndarray, early: dict[int, float] | None = None) -> DetectorResult:
+    """A training-dynamics result: the split's posterior, and class-mean early-learning z's."""
+    ev = [{"class": k, "signal": "early_learning_z", "value": v, "threshold": 3.0,
+           "strength": "weak" if v >= 3 else "none", "detail": ""} for k, v in (early or {}).items()]
+    return DetectorResult("dynamics", posterior, np.zeros(len(ds), bool), None, {"class_evidence": ev})
+
+
+def test_detectors_declare_their_kind():
+    assert detector_kind("agpd") == "specialist" and detector_kind("sentinet") == "specialist"
+    assert detector_kind("confident") == "label_noise"
+    assert {detector_kind(n) for n in ("spectral", "activation_clustering", "dynamics", "outlier")} == {"ranker"}
+    assert detector_kind("abl") == "specialist"  # its mixture cut is data-driven
+
+
+UNEVEN = [150, 100, 95, 110, 105]  # class 0 is 1.43x the median, robust z 6: weak evidence only
+
+
+def test_size_excess_and_early_learning_name_the_class_and_flag_its_anomalous_part():
+    ds = _ds(UNEVEN)
+    post = np.zeros(len(ds))
+    injected = np.arange(100, 150)  # the last third of class 0
+    post[injected] = 0.9
+    post[250:260] = 0.9  # a split in class 2 too, which nothing else names
+    frame, verdict = fuse_and_decide(ds, [_dynamics(ds, post, {0: 3.5, 2: 1.0})])
+    assert verdict.backdoor_classes == ["c0"] and verdict.status == "dirt_found"
+    assert frame["is_backdoor"].to_numpy().nonzero()[0].tolist() == injected.tolist()
+    assert frame.loc[injected, "reasons"].eq("dynamics").all() and not frame.loc[250:259, "flagged"].any()
+    c0 = verdict.classes[0]
+    assert c0.backdoor and c0.injected_rows == 50 and c0.size_ratio == pytest.approx(150 / 105, abs=1e-3)
+    assert {s.name for s in c0.signals if s.fired} == {"class_size", "early_learning_z"}
+    assert verdict.headline.startswith("Likely backdoor: 50 rows injected into class c0")
+    assert "class size 1.4x the median" in verdict.headline and verdict.confidence == "medium"
+    assert (frame["flagged"] == (frame["dirty_score"] >= 0.5)).all()
+
+
+def test_a_class_far_larger_than_balanced_others_is_named_by_its_size_alone():
+    ds = _ds([200, 100, 100, 100, 100])
+    post = np.zeros(len(ds))
+    post[100:200] = 0.9
+    frame, verdict = fuse_and_decide(ds, [_dynamics(ds, post, {0: 1.0})])
+    assert verdict.backdoor_classes == ["c0"] and frame["flagged"].sum() == 100
+    assert [s.name for s in verdict.classes[0].signals if s.fired] == ["class_size"]
+
+
+def test_one_weak_signal_names_nothing():
+    ds = _ds(UNEVEN)  # a large class, and nothing else says it holds injected rows
+    post = np.zeros(len(ds))
+    post[100:150] = 0.9
+    frame, verdict = fuse_and_decide(ds, [_dynamics(ds, post, {0: 1.0})])
+    assert verdict.backdoor_classes == [] and not frame["flagged"].any()
+    assert verdict.status == "clean" and verdict.headline.startswith("No dirt found (checked: class sizes")
+    assert any("one weak signal only" in f for f in verdict.findings)
+
+
+def test_strong_evidence_names_a_class_alone_and_only_named_classes_keep_agpd_flags():
+    ds = _ds([100] * K)
+    flag = np.zeros(len(ds), bool)
+    flag[:30] = True  # class 0: the published rule
+    flag[220:225] = True  # class 2: AGPD's rho fallback (weak), alone
+    agpd = DetectorResult("agpd", flag.astype(float), flag, None, {"class_evidence": _evidence(
+        {0: ("agpd_z", "strong", 9.1), 2: ("agpd_z", "weak", 3.5), 1: ("agpd_z", "none", 0.2)}, "agpd_z")})
+    frame, verdict = fuse_and_decide(ds, [agpd, _dynamics(ds, np.zeros(len(ds)))])
+    assert verdict.backdoor_classes == ["c0"] and verdict.confidence == "high"
+    assert frame["flagged"].to_numpy().nonzero()[0].tolist() == list(range(30))
+    assert "AGPD z 9.1" in verdict.headline
+    # the audit's only detector keeps its own flags (the user asked for its decision)
+    alone = fuse_and_decide(ds, [agpd])[0]
+    assert alone["flagged"].sum() == 35
+
+
+def test_wrong_labels_concentrated_in_one_class_are_evidence_and_headline_counts_confusions():
+    ds = _ds([300, 200, 190, 220, 210])
+    flag = np.zeros(len(ds), bool)
+    flag[200:300] = True  # half of the big class looks mislabelled: an unlearned injection
+    flag[[310, 520, 720, 930]] = True
+    sugg = np.where(flag, 1, -1)
+    sugg[200:300] = np.arange(100) % 4 + 1
+    conf = DetectorResult("confident", flag.astype(float), flag, sugg, {})
+    frame, verdict = fuse_and_decide(ds, [conf])
+    assert verdict.backdoor_classes == ["c0"]
+    fired = {s.name for s in verdict.classes[0].signals if s.fired}
+    assert fired == {"class_size", "label_issue_share"}
+    assert frame["is_label_issue"].sum() == 104 and verdict.suspected_mislabelled == 104
+    assert verdict.classes[0].mislabelled_rows == 100 and sum(verdict.classes[0].suggested.values()) == 100
+    assert frame.loc[200, "suggested_label"] == 1 and frame.loc[199, "suggested_label"] == -1
+
+
+def test_a_few_label_flags_on_a_large_clean_set_are_not_dirt_found():
+    ds = _ds([1000] * K)
+    flag = np.zeros(len(ds), bool)
+    flag[[5, 1500, 3333]] = True
+    conf = DetectorResult("confident", flag.astype(float), flag, np.where(flag, 1, -1), {})
+    frame, verdict = fuse_and_decide(ds, [conf])
+    assert frame["flagged"].sum() == 3 and verdict.status == "clean"
+    assert "3 rows look possibly mislabelled" in verdict.headline
+
+
+def test_unreadable_rows_are_flagged_and_reported():
+    ds = _ds([10] * K)
+    ds.unreadable[[3, 7]] = True
+    frame, verdict = fuse_and_decide(ds, [DetectorResult("agpd", np.zeros(len(ds)), np.zeros(len(ds), bool))])
+    assert frame["flagged"].sum() == 2 and (frame.loc[[3, 7], "reasons"] == "unreadable").all()
+    assert verdict.status == "dirt_found" and "2 rows could not be read" in verdict.headline
+
+
+def test_rankers_need_agreement_unless_alone_and_the_override():
+    ds = _ds([4, 4])
+    ac = DetectorResult("activation_clustering", np.arange(8.0), np.array([1, 1, 0, 0, 0, 0, 1, 1], bool))
+    assert fuse_and_decide(ds, [ac])[0]["flagged"].sum() == 4
+    spectral = DetectorResult("spectral", np.arange(8.0), np.array([1, 0, 0, 0, 0, 0, 0, 1], bool))
+    assert fuse_and_decide(ds, [ac, spectral])[0]["flagged"].to_numpy().nonzero()[0].tolist() == [0, 7]
+    union = fuse_and_decide(ds, [ac, spectral], FusionConfig(needs_agreement=()))[0]
+    assert union["flagged"].sum() == 4
+
+
+def test_verdict_json_round_trip_and_bad_files(tmp_path):
+    ds = _ds(UNEVEN)
+    post = np.zeros(len(ds))
+    post[100:150] = 0.9
+    _, verdict = fuse_and_decide(ds, [_dynamics(ds, post, {0: 3.5})])
+    write_verdict(verdict, tmp_path / "verdict.json")
+    back = read_verdict(tmp_path / "verdict.json")
+    assert back == verdict and isinstance(back, AuditVerdict) and back.classes[0].signals[0].name == "class_size"
+    assert json.loads((tmp_path / "verdict.json").read_text())["status"] == "dirt_found"
+    assert back.event_summary()["backdoor_classes"] == ["c0"]
+    (tmp_path / "bad.json").write_text('{"status": "maybe"}')
+    from pipelines.errors import DataError
+
+    with pytest.raises(DataError):
+        read_verdict(tmp_path / "bad.json")
+    with pytest.raises(DataError):
+        read_verdict(tmp_path / "missing.json")
