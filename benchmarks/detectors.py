@@ -202,12 +202,32 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def refresh_evidence(result) -> None:
+    """Re-derive a saved result's class evidence with the current rules where it is a pure
+    function of what the detector recorded (AGPD: its z per class, rule and model)."""
+    info = result.info
+    if result.name == "dynamics":
+        from cleansers.dynamics import DynamicsConfig, tail_strength
+
+        for e in info.get("class_evidence", []):
+            if e["signal"] == "early_tail":
+                e["strength"] = tail_strength(e["value"], DynamicsConfig())
+    if result.name == "agpd" and "z_best_layer" in info:
+        from cleansers.agpd import AGPDConfig, class_evidence
+
+        info["class_evidence"] = class_evidence(np.asarray(info["z_best_layer"]), info.get("target_class_ids", []),
+                                                info.get("rule", "clean"), AGPDConfig(),
+                                                info.get("model", {}).get("arch", ""))
+
+
 def redecide(folder: Path, config: FusionConfig | None = None, verbose: bool = False) -> list[dict]:
     """The verdict again on every saved cell of ``folder`` (no training)."""
     rows = []
     for path in sorted(folder.glob("*.pkl")):
         with path.open("rb") as f:
             saved = pickle.load(f)
+        for r in saved["results"]:
+            refresh_evidence(r)
         frame, verdict = fuse_and_decide(saved["dataset"], saved["results"], config)
         metrics = audit_metrics(frame, saved["truth"], [r.name for r in saved["results"]])
         rows += cell_rows(saved["cell"], metrics, verdict, [r.name for r in saved["results"]])

@@ -55,7 +55,8 @@ class ConfidentConfig:
     folds: int | str = "auto"  # 0 = the shared model's probabilities; k >= 2 = k-fold out-of-sample
     filter_by: str = "prune_by_noise_rate"
     arch: str = "auto"
-    epochs: int | None = None  # the fold models: None = half the preset's epochs, at least 4
+    epochs: int | None = None  # the shared detection model's (as every detector's epochs option)
+    fold_epochs: int | None = None  # the fold models (folds >= 2): None = half the preset's epochs, at least 4
     max_confidence: float = 0.05
     max_aum: float = 0.0
     max_agreement: float = 0.5
@@ -110,13 +111,13 @@ class ConfidentLearning(Detector):
         n = len(data)
         if n == 0:
             return DetectorResult(self.name, np.zeros(0), np.zeros(0, bool), np.zeros(0, np.int64))
-        dm, signals = shared_signals(data, ctx, ModelSpec.from_options(cfg.arch), cfg.k)
+        dm, signals = shared_signals(data, ctx, ModelSpec.from_options(cfg.arch, cfg.epochs), cfg.k)
         conf_in, aum, agree = (signals[:, SIGNALS.index(s)] for s in ("conf", "aum", "knn"))
         folds = self._folds(ctx)
         info: dict = {"folds": folds, "filter_by": cfg.filter_by}
         if folds:
-            spec = ModelSpec.from_options(cfg.arch, cfg.epochs)
-            if cfg.epochs is None:
+            spec = ModelSpec.from_options(cfg.arch, cfg.fold_epochs)
+            if cfg.fold_epochs is None:
                 dev = resolve_device(ctx.device)
                 base = spec.resolve(dev).train_config(dev, ctx.seed).epochs
                 spec = ModelSpec.from_options(cfg.arch, max(4, base // 2))

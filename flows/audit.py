@@ -115,7 +115,7 @@ def _publish_artifacts(frame: pd.DataFrame, manifest: dict, metrics: dict | None
 
 
 def _cache_summary(results: list[DetectorResult]) -> dict:
-    return {r.name: {k: r.info[k] for k in ("cache", "rows_reused", "rows_computed", "shards", "cache_note")
+    return {r.name: {k: r.info[k] for k in ("cache", "cache_key", "rows_reused", "rows_computed", "shards", "cache_note")
                      if k in r.info} for r in results}
 
 

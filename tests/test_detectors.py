@@ -1,7 +1,13 @@
-"""Model-based detectors (AGPD, spectral signatures, activation clustering, confident
-learning) on real images with simulated dirt, plus their building blocks. CPU only: the
-scikit-learn digits (1,797 real images) at 16x16, the small CNN, few epochs. One detection
-model is trained per dirty dataset and shared by the detectors (that sharing is tested)."""
+"""Model-based detectors (AGPD, training dynamics, confident learning, SentiNet, spectral
+signatures, activation clustering, ABL) on real images with simulated dirt, their building
+blocks, and the default audit's verdict. CPU only: scikit-learn's digits (1,797 real images)
+at 16x16, the small CNN, few epochs; one detection model per dirty dataset, shared.
+
+Quality bounds here hold with a margin over what was measured with model seeds 0-4 and 1
+and 2 threads (9 runs; the seed-to-seed spread stands in for another CPU's rounding, which
+cannot be run here): the measured range is beside each bound. Where a tiny model gives no stable figure the test
+asserts the mechanism on planted data instead, and the figure lives in
+benchmarks/detectors.py."""
 from __future__ import annotations
 
 import math
@@ -12,11 +18,12 @@ import torch
 
 import cleansers  # noqa: F401  (registers the detectors)
 from cleansers import DEFAULT_DETECTORS
-from cleansers.agpd import js_divergence, js_stop, robust_z
+from cleansers.agpd import AGPDConfig, iterative_filter, js_divergence, js_stop, robust_z
 from cleansers.base import DETECTORS, AuditContext
-from cleansers.confident import confident_labels, find_label_issues
+from cleansers.confident import find_label_issues
 from cleansers.detection_model import activation_gradients, main_path_convs, stratified_folds
-from cleansers.fusion import fuse
+from cleansers.dynamics import knn_agreement, split_class
+from cleansers.fusion import fuse_and_decide
 from cleansers.run import run_detector
 from cleansers.sentinet import window_positions
 from pipelines.embedded import load_digits_rgb
@@ -25,9 +32,6 @@ from pipelines.simulate import SimulationSpec, simulate
 from trainers.models import build_model
 
 EPOCHS = 6  # the shared detection model (small CNN, 16x16 digits)
-CL_EPOCHS = 4  # confident learning's 3 fold models
-FUSED_CLEAN_FPR = 0.03
-ABL_TPR = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +54,8 @@ def _run(name, sim, ctx, cache, **opts):
 
 
 def test_all_detectors_registered():
-    assert {"agpd", "spectral", "activation_clustering", "confident", "abl"} <= set(DETECTORS.names())
+    assert {"agpd", "dynamics", "spectral", "activation_clustering", "confident", "abl", "sentinet"} <= set(
+        DETECTORS.names())
     assert set(DEFAULT_DETECTORS) <= set(DETECTORS.names())
 
 
@@ -89,16 +94,61 @@ def test_robust_z_and_js_rule():
     assert js_stop(d, window=3, k=5.0) == 3
 
 
-def test_confident_learning_rule_on_fixed_probabilities():
-    labels = np.array([0, 0, 0, 1, 1, 1])
-    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.2, 0.8], [0.3, 0.7], [0.7, 0.3]])
-    # thresholds: class 0 mean p0 = 0.6, class 1 mean p1 = 0.6
-    assert confident_labels(probs, labels).tolist() == [0, 0, 1, 1, 1, 0]
-    issues, suggested = find_label_issues(probs, labels, "confident_learning")
-    assert issues.tolist() == [False, False, True, False, False, True]
-    assert suggested[issues].tolist() == [1, 0]
-    pruned, _ = find_label_issues(probs, labels)  # the default, prune_by_noise_rate
-    assert pruned.tolist() == issues.tolist()
+def test_agpd_class_evidence_is_strong_only_with_the_published_model():
+    from cleansers.agpd import class_evidence
+
+    z = np.array([0.5, 1.0, 9.0, 2.0])
+    strength = lambda ev: [e["strength"] for e in ev]  # noqa: E731
+    assert strength(class_evidence(z, [2], "z", AGPDConfig(), "preact_resnet18")) == ["none", "none", "strong", "none"]
+    assert strength(class_evidence(z, [2], "z", AGPDConfig(), "small_cnn")) == ["none", "none", "weak", "none"]
+    assert strength(class_evidence(z, [1], "fallback_rho", AGPDConfig(), "preact_resnet18")) == ["none"] * 4
+
+
+def test_agpd_filtering_separates_a_planted_gradient_cluster():
+    """AGPD's step 4 on planted gradients: 300 clean rows around one direction, 100 poisoned
+    rows around another; the filtering flags the poisoned cluster and nothing else."""
+    rng = np.random.default_rng(0)
+    d = 64
+    clean_dir, poison_dir = rng.normal(size=d), rng.normal(size=d)
+    clean = clean_dir + 0.6 * rng.normal(size=(300, d))
+    poison = poison_dir + 0.6 * rng.normal(size=(100, d))
+    g = torch.as_tensor(np.concatenate([clean, poison]))
+    g0 = torch.as_tensor(clean[:10].mean(0))
+    cos0 = torch.nn.functional.normalize(g, dim=1) @ torch.nn.functional.normalize(g0, dim=0)
+    flag, score, info = iterative_filter(g, g0, int(torch.argmin(cos0)), AGPDConfig())
+    truth = np.r_[np.zeros(300, bool), np.ones(100, bool)]
+    assert flag[truth].mean() >= 0.95 and flag[~truth].mean() <= 0.01, info
+    assert auroc(truth, score) >= 0.99
+
+
+def test_cleanlab_label_issues_on_fixed_probabilities():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    probs = np.full((120, 3), 0.05)
+    probs[np.arange(120), labels] = 0.9
+    wrong = np.array([3, 50, 90, 100])  # the model is sure these rows are of the next class
+    probs[wrong] = 0.05
+    probs[wrong, (labels[wrong] + 1) % 3] = 0.9
+    probs = probs + 0.01 * rng.random(probs.shape)
+    probs /= probs.sum(1, keepdims=True)
+    issues, suggested = find_label_issues(probs, labels)
+    assert issues.nonzero()[0].tolist() == wrong.tolist()
+    assert suggested[wrong].tolist() == ((labels[wrong] + 1) % 3).tolist()
+
+
+def test_knn_agreement_and_the_split_on_planted_features():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 50)
+    feats = np.where(labels[:, None] == 0, 1.0, -1.0) * np.ones((100, 4)) + 0.1 * rng.normal(size=(100, 4))
+    feats[:2] *= -1  # two rows of class 0 sit among class 1 (each other's only same-label neighbour)
+    agree = knn_agreement(feats, labels, k=10, chunk=7)
+    assert (agree[:2] <= 0.1).all() and agree[2:].min() >= 0.8, agree
+    # a class whose 40 "injected" rows are learned far better than its 60 others; the
+    # anomalous part is the one far from the other classes' profiles
+    x = np.r_[rng.normal(0, 1, (60, 5)), rng.normal(6, 1, (40, 5))]
+    others = rng.normal(0, 0.5, (8, 5))
+    post, info = split_class(x, others, restarts=2, seed=0)
+    assert info["anomalous_rows"] == 40 and (post[60:] > 0.9).all() and (post[:60] < 0.1).all()
 
 
 def test_stratified_folds_balance_classes():
@@ -108,55 +158,12 @@ def test_stratified_folds_balance_classes():
         assert np.bincount(fold[labels == c], minlength=5).tolist() == [2] * 5
 
 
-# ----------------------------------------------------------------------------- on real data
-
-
-def test_agpd_finds_the_target_class_and_the_poisoned_rows(badnets):
-    sim, ctx, cache = badnets
-    r = _run("agpd", sim, ctx, cache)
-    poisoned = sim.truth["is_poisoned"].to_numpy()
-    assert r.info["target_class_ids"] == [0], r.info
-    assert r.info["filtering"]["0"]["stop_rule"] == "midpoint"  # ~350 rows: below js_min_rows
-    m = detection_metrics(poisoned, r.flag, r.score)
-    # measured: AUROC 0.999, TPR 0.983, FPR 0.009 (177 of 180 poisoned, 15 clean flagged)
-    assert m["auroc"] >= 0.98 and m["tpr"] >= 0.9 and m["fpr"] <= 0.02, m
-    # no trusted set: the finding says the reference came from the data, and what to do
-    assert r.info["reference"].startswith("auto") and "pass --trusted" in r.info["finding"]
-
-
-def test_agpd_takes_its_reference_from_a_trusted_set(digits, badnets):
-    sim, ctx, cache = badnets
-    trusted = digits.subset(np.concatenate([np.flatnonzero(digits.labels == c)[:10] for c in range(10)]))
-    with_trusted = AuditContext(device="cpu", seed=0, trusted=trusted, model_cache=ctx.model_cache)
-    r = run_detector("agpd", sim.dataset, with_trusted, {"epochs": EPOCHS})
-    assert r.info["reference"] == "trusted" and "pass --trusted" not in r.info["finding"], r.info
-    # (no bound on the result: with these 10 rows per class AGPD picks another layer and finds
-    # no target on this seed; docs/benchmarks.md, "AGPD's clean reference", has the seeds)
-
-
-@pytest.fixture(scope="module")
-def clean_audit(digits):
-    """The default detectors on the clean digits (one context: one model, one set of folds)."""
-    ctx = AuditContext(device="cpu", seed=0, expected_dirty_rate=0.1)
-    opts = {"agpd": {"epochs": EPOCHS}, "confident": {"folds": 3, "epochs": CL_EPOCHS}, "sentinet": {"epochs": EPOCHS}}
-    return [run_detector(n, digits, ctx, opts[n]) for n in DEFAULT_DETECTORS]
-
-
-def test_agpd_declares_clean_data_clean(clean_audit):
-    r = clean_audit[0]
-    assert r.name == "agpd" and r.info["target_classes"] == [] and r.flag.sum() == 0, r.info
-    assert r.info["finding"].startswith("no target class") and r.info["finding"].endswith("declared clean")
-
-
-def test_default_detectors_keep_the_fused_fpr_low_on_clean_data(digits, clean_audit):
-    frame = fuse(digits, clean_audit)
-    fpr = frame["flagged"].mean()
-    assert fpr <= FUSED_CLEAN_FPR, (fpr, [int(r.flag.sum()) for r in clean_audit])
-
-
 def test_window_positions_cover_the_edges():
     assert window_positions(8, 8, 4, 2) == [(r, c) for r in (0, 2, 4) for c in (0, 2, 4)]
     assert window_positions(7, 5, 4, 2)[-1] == (3, 1)  # flush with the bottom-right corner
+
+
+# ----------------------------------------------------------------------------- on real data
 
 
 def test_sentinet_finds_the_patch_trigger_rows_and_their_window(badnets):
@@ -164,20 +171,31 @@ def test_sentinet_finds_the_patch_trigger_rows_and_their_window(badnets):
     poisoned = sim.truth["is_poisoned"].to_numpy()
     r = _run("sentinet", sim, ctx, cache)
     m = detection_metrics(poisoned, r.flag, r.score)
-    # measured (digits 16x16, 4x4 windows, the shared 6-epoch small CNN): TPR 1.0, FPR 0,
-    # AUROC 1.0 with either way of locating the region
-    assert m["tpr"] >= 0.95 and m["fpr"] <= 0.005 and m["auroc"] >= 0.99, m
-    assert list(r.info["flagged_per_class"]) == ["0"]
+    # measured (seeds 0-4 x 1/2 threads): TPR 0.978-1.0, FPR 0-0.001 (a stray row in
+    # another class in 4 of 9 runs), AUROC 0.985-1.0
+    assert m["tpr"] >= 0.9 and m["fpr"] <= 0.01 and m["auroc"] >= 0.95, m
+    per_class = r.info["flagged_per_class"]
+    assert max(per_class, key=per_class.get) == "0" and per_class["0"] >= 0.95 * sum(per_class.values())
     top = r.info["top_windows"][0]  # the 3x3 patch sits in the bottom-right corner
     assert top["top"] + top["size"] == 16 and top["left"] + top["size"] == 16, r.info["top_windows"]
+    strong = [e["class"] for e in r.info["class_evidence"] if e["strength"] == "strong"]
+    assert strong == [0]
+
+
+def test_dynamics_records_how_rows_were_learned_and_splits_the_target(badnets):
+    sim, ctx, cache = badnets
+    r = _run("dynamics", sim, ctx, cache)
+    n = len(sim.dataset)
+    assert r.arrays["signals"].shape == (n, 5) and np.isfinite(r.arrays["signals"]).all()
+    assert r.flag.sum() == 0  # a ranker: the verdict decides
+    # class 0 (the target) is fitted earliest: its early-tail share was 0.23-0.35 (seeds 0-4 x
+    # 1/2 threads; the other classes' at most 0.04). Inside class 0 the split does not tell the
+    # patch rows from digit 0's easy clean rows at this scale (AUROC 0.43-0.87): SentiNet
+    # flags them in the verdict
+    ev = {e["class"]: e for e in r.info["class_evidence"]}
+    assert {e["signal"] for e in ev.values()} == {"early_tail"}
+    assert max(ev, key=lambda c: ev[c]["value"]) == 0 and ev[0]["strength"] != "none", ev
     assert r.info["model"]["trained_now"] is False or "agpd" not in cache
-    occl = run_detector("sentinet", sim.dataset, ctx, {"epochs": EPOCHS, "locate": "occlusion"})
-    assert detection_metrics(poisoned, occl.flag)["tpr"] >= 0.95
-
-
-def test_sentinet_flags_almost_nothing_on_clean_data(clean_audit):
-    r = next(r for r in clean_audit if r.name == "sentinet")
-    assert r.flag.mean() <= 0.005, r.info  # measured: 1 row of 1,797
 
 
 def test_detection_model_is_trained_once_and_shared(badnets):
@@ -187,69 +205,102 @@ def test_detection_model_is_trained_once_and_shared(badnets):
     ac = _run("activation_clustering", sim, ctx, cache)
     models = [k for k in ctx.model_cache if k[0] == "model" and len(k) == 4]
     assert len(models) == 1
-    assert first.info["model"]["trained_now"] is True
+    sharing = [r for r in cache.values() if "model" in r.info and r.name != "abl"]
+    assert sum(r.info["model"]["trained_now"] for r in sharing) == 1, [r.name for r in sharing]
     assert spectral.info["model"]["trained_now"] is False and ac.info["model"]["trained_now"] is False
-    assert spectral.info["model"]["train_seconds"] == first.info["model"]["train_seconds"]
+    assert len({r.info["model"]["train_seconds"] for r in sharing}) == 1
+    # with the small CNN, AGPD's published rule is weak evidence (strong only with PreAct-ResNet18)
+    assert first.info["model"]["arch"] == "small_cnn"
+    assert {e["strength"] for e in first.info["class_evidence"]} <= {"weak", "none"}
 
 
-def test_spectral_and_activation_clustering_rank_poisoned_rows_high(badnets):
+def test_spectral_flags_its_share_by_design_and_activation_clustering_fires_on_the_target(badnets):
     sim, ctx, cache = badnets
-    poisoned = sim.truth["is_poisoned"].to_numpy()
     spectral = _run("spectral", sim, ctx, cache)
-    # measured AUROC 0.49 on this model (small CNN, 6 epochs): spectral signatures do not
-    # separate BadNets rows here; only the by-design flag share is asserted
-    assert 0.3 <= auroc(poisoned, spectral.score) <= 1.0
     frac = spectral.flag[sim.dataset.labels == 3].mean()  # 1.5 * eps of each class, by design
     assert frac == pytest.approx(0.15, abs=0.01)
     ac = _run("activation_clustering", sim, ctx, cache)
-    assert auroc(poisoned, ac.score) >= 0.75  # measured 0.837
-    fired = [k for k, v in ac.info["per_class"].items() if v["flagged"]]
-    assert "0" in fired
-    m = detection_metrics(poisoned, ac.flag)
-    assert m["tpr"] >= 0.8, (m, ac.info["per_class"])
+    assert "0" in [k for k, v in ac.info["per_class"].items() if v["flagged"]], ac.info["per_class"]
 
 
-def test_confident_learning_finds_wrong_labels_and_suggests_the_original(digits):
+def test_confident_finds_wrong_labels_with_few_false_flags_and_suggests_the_original(digits):
     sim = simulate(digits, SimulationSpec(noise="symmetric", noise_rate=0.1, seed=2))
     ctx = AuditContext(device="cpu", seed=0)
-    r = run_detector("confident", sim.dataset, ctx, {"folds": 3, "epochs": CL_EPOCHS})
+    r = run_detector("confident", sim.dataset, ctx, {"epochs": EPOCHS})
     noisy = sim.truth["is_noisy"].to_numpy()
     m = detection_metrics(noisy, r.flag, r.score)
-    # measured (3 folds x 4 epochs, default prune_by_noise_rate): AUROC 0.999, TPR 0.900,
-    # FPR 0.0062, precision 0.942 (the confident_learning filter: TPR 0.750, FPR 0)
-    assert m["auroc"] >= 0.97 and m["tpr"] >= 0.65 and m["fpr"] <= 0.02, m
+    # measured (seeds 0-4 x 1/2 threads): TPR 0.62-0.74, FPR 0, AUROC 0.999-1.0; suggested
+    # label right for 0.98-1.0 of the caught rows
+    assert m["auroc"] >= 0.95 and m["tpr"] >= 0.4 and m["fpr"] <= 0.01, m
     caught = noisy & r.flag
     original = sim.truth["original_label"].to_numpy()
-    assert (r.suggested_label[caught] == original[caught]).mean() >= 0.9
+    assert (r.suggested_label[caught] == original[caught]).mean() >= 0.8
     assert (r.suggested_label[~r.flag] == -1).all()
-    again = run_detector("confident", sim.dataset, ctx, {"folds": 3, "epochs": CL_EPOCHS})
-    assert again.info["trained_now"] is False and np.array_equal(again.flag, r.flag)
-    assert r.info["withheld"] is False and r.info["issues_found"] == r.flag.sum()
+    assert r.info["withheld"] is False and r.info["strict_issues"] == r.flag.sum() <= r.info["cleanlab_issues"]
     # the reliability gate: below min_accuracy the scores stay and the flags are withheld
-    gated = run_detector("confident", sim.dataset, ctx, {"folds": 3, "epochs": CL_EPOCHS, "min_accuracy": 0.99})
-    assert gated.info["withheld"] is True and gated.info["issues_found"] == r.flag.sum() > 0
-    assert gated.flag.sum() == 0 and np.array_equal(gated.score, r.score)
-    assert "withheld: out-of-sample accuracy" in gated.info["finding"]
+    gated = run_detector("confident", sim.dataset, ctx, {"epochs": EPOCHS, "min_accuracy": 0.999})
+    assert gated.info["withheld"] is True and gated.flag.sum() == 0 and np.array_equal(gated.score, r.score)
+    assert "withheld" in gated.info["finding"]
 
 
-def test_fusion_of_the_detectors_keeps_specialists_and_needs_agreement_for_quotas(badnets):
-    sim, ctx, cache = badnets
-    results = [_run(n, sim, ctx, cache) for n in ("agpd", "spectral", "activation_clustering")]
-    frame = fuse(sim.dataset, results)
-    poisoned = sim.truth["is_poisoned"].to_numpy()
-    m = detection_metrics(poisoned, frame["flagged"].to_numpy(), frame["dirty_score"].to_numpy())
-    assert m["tpr"] >= 0.8 and m["fpr"] <= 0.05, m
-    lone_spectral = results[1].flag & ~results[0].flag & ~results[2].flag
-    assert not frame["flagged"].to_numpy()[lone_spectral].any()
+def test_abl_mixture_cut_on_planted_losses():
+    """The per-class mixture cut isolates a class's low-loss cluster, and only where the
+    cluster is separate and not most of the class."""
+    from cleansers.abl import isolation_evidence, low_loss_clusters
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 200)
+    losses = np.exp(rng.normal(0.0, 0.4, 800))  # every class: one cluster around loss 1
+    poisoned = np.zeros(800, dtype=bool)
+    poisoned[:60] = True  # 60 rows of class 0 fitted far better (loss ~1e-3)
+    losses[:60] = np.exp(rng.normal(np.log(1e-3), 0.4, 60))
+    losses[200:400] = np.exp(rng.normal(np.log(1e-3), 0.4, 200))  # class 1 is all easy: no cluster
+    flag, info = low_loss_clusters(losses, labels, 4, min_separation=2.0, max_share=0.8)
+    assert info["0"]["isolated"] and not info["1"]["isolated"] and not info["2"]["isolated"], info
+    assert np.array_equal(flag, poisoned)
+    ev = isolation_evidence(flag, labels, 4)
+    assert [e["strength"] for e in ev] == ["weak", "none", "none", "none"]
 
 
-def test_abl_alone_flags_in_the_fusion(badnets):
-    """ABL is a quota detector: with other detectors it needs agreement, but an audit that ran
-    only ABL keeps ABL's own decision (the CLI's ``--detectors abl``)."""
+def test_abl_loss_ranks_the_poisoned_rows_and_its_ratio_cut_takes_its_share(badnets):
     sim, ctx, cache = badnets
     r = _run("abl", sim, ctx, cache, lr=0.1, augment=False)
-    frame = fuse(sim.dataset, [r])
-    assert np.array_equal(frame["flagged"].to_numpy(), r.flag) and r.flag.sum() == round(0.1 * len(r.flag))
     poisoned = sim.truth["is_poisoned"].to_numpy()
-    m = detection_metrics(poisoned, frame["flagged"].to_numpy(), frame["dirty_score"].to_numpy())
-    assert m["tpr"] >= ABL_TPR, m
+    # measured AUROC 0.785-0.998 (seeds 0-4 x 1/2 threads). The mixture cut on these easy
+    # digits isolated a low-loss cluster in 6-10 classes (precision 0-0.26): ABL is not a
+    # default detector, and its weak class evidence needs its share to stand out
+    assert auroc(poisoned, r.score) >= 0.7
+    assert r.info["cut"] == "mixture"
+    ratio = run_detector("abl", sim.dataset, ctx, {"epochs": EPOCHS, "lr": 0.1, "augment": False, "cut": "ratio",
+                                                   "isolation_ratio": 0.05})
+    assert ratio.flag.sum() == round(0.05 * len(poisoned))
+
+
+# ----------------------------------------------------------------------------- the default audit
+
+
+def test_the_default_audit_names_the_target_and_flags_its_poisoned_rows(badnets):
+    sim, ctx, cache = badnets
+    results = [_run(n, sim, ctx, cache) for n in DEFAULT_DETECTORS]
+    frame, verdict = fuse_and_decide(sim.dataset, results)
+    poisoned = sim.truth["is_poisoned"].to_numpy()
+    assert verdict.backdoor_classes == ["0"] and verdict.status == "dirt_found", verdict.findings
+    m = detection_metrics(poisoned, frame["is_backdoor"].to_numpy())
+    # measured over 5 seeds x 1/2 threads: TPR 0.99-1.0, FPR 0-0.001
+    assert m["tpr"] >= 0.9 and m["fpr"] <= 0.01, m
+    assert verdict.headline.startswith("Likely backdoor:")
+
+
+@pytest.fixture(scope="module")
+def clean_audit(digits):
+    ctx = AuditContext(device="cpu", seed=0)
+    return [run_detector(n, digits, ctx, {"epochs": EPOCHS}) for n in DEFAULT_DETECTORS]
+
+
+def test_the_default_audit_calls_clean_digits_clean(digits, clean_audit):
+    frame, verdict = fuse_and_decide(digits, clean_audit)
+    # measured over 5 seeds x 1/2 threads: 0-0.3% of rows flagged, no class named
+    assert verdict.backdoor_classes == [] and frame["flagged"].mean() <= 0.01, verdict.findings
+    assert verdict.status == "clean" and verdict.headline.startswith("No dirt found")
+    agpd = next(r for r in clean_audit if r.name == "agpd")
+    assert not [e for e in agpd.info["class_evidence"] if e["strength"] == "strong"]

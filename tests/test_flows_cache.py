@@ -35,7 +35,8 @@ def test_row_cache_reuses_unchanged_and_scores_only_new_rows(prefect_harness, sl
 
     base, grown = sliced
     first = audit_flow(_params(base, tmp_path, "r1", detectors=["outlier"], shard_size=100))
-    assert first.cache["outlier"] == {"cache": "per-row", "rows_reused": 0, "rows_computed": 360, "shards": 4}
+    assert {k: v for k, v in first.cache["outlier"].items() if k != "cache_key"} == {
+        "cache": "per-row", "rows_reused": 0, "rows_computed": 360, "shards": 4}
     again = audit_flow(_params(base, tmp_path, "r2", detectors=["outlier"], shard_size=100))
     assert again.cache["outlier"]["rows_reused"] == 360 and again.cache["outlier"]["rows_computed"] == 0
     bigger = audit_flow(_params(grown, tmp_path, "r3", detectors=["outlier"], shard_size=100))
@@ -96,3 +97,49 @@ def test_shard_that_keeps_failing_fails_the_run_and_keeps_the_rest(prefect_harne
     kept = pd.concat([pd.read_parquet(f) for f in files])
     assert len(kept) == 260 and kept["key"].is_unique
     assert RowStore(files[0].parent).lookup(kept["key"].to_numpy())[0].all()
+
+
+PLUGIN = '''
+import numpy as np
+from dataclasses import dataclass
+from cleansers.base import DETECTORS, Detector, DetectorResult
+
+
+@DETECTORS.register("edited_rows")
+class Edited(Detector):
+    name = "edited_rows"
+
+    @dataclass
+    class Config:
+        pass
+
+    def score(self, data, ctx):
+        s = data.images.reshape(len(data), -1).mean(1) * {factor}
+        return DetectorResult(self.name, s, np.zeros(len(data), bool))
+'''
+
+
+def test_a_change_to_a_detectors_code_misses_the_cache(prefect_harness, sliced, tmp_path, monkeypatch):
+    """Keys carry the source hash of the detector's module: the old algorithm's scores are
+    never served after its code changed (same name, same config, same data)."""
+    import importlib
+    import sys
+
+    from flows.audit import audit_flow
+
+    base, _ = sliced
+    plugin = tmp_path / "plugins" / "vetset_edited_plugin.py"
+    plugin.parent.mkdir()
+    plugin.write_text(PLUGIN.format(factor="1.0"))
+    monkeypatch.syspath_prepend(str(plugin.parent))
+    if "vetset_edited_plugin" not in sys.modules:
+        importlib.import_module("vetset_edited_plugin")
+    first = audit_flow(_params(base, tmp_path, "e1", detectors=["edited_rows"]))
+    again = audit_flow(_params(base, tmp_path, "e2", detectors=["edited_rows"]))
+    assert first.cache["edited_rows"]["rows_reused"] == 0 and again.cache["edited_rows"]["rows_reused"] == 360
+    plugin.write_text(PLUGIN.format(factor="2.0"))  # a new version of the detector
+    edited = audit_flow(_params(base, tmp_path, "e3", detectors=["edited_rows"]))
+    assert edited.cache["edited_rows"]["rows_reused"] == 0 and edited.cache["edited_rows"]["rows_computed"] == 360
+    keys = {json.loads((tmp_path / r / "manifest.json").read_text())["config"]["cache"]["edited_rows"]["cache_key"]
+            for r in ("e1", "e2", "e3")}
+    assert len(keys) == 2

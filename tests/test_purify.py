@@ -84,9 +84,12 @@ def test_method_lowers_asr_and_saves_a_loadable_model(digits_setup, method):
 
     options, asr_bound = CASES[method]
     out = digits_setup["tmp"] / method
+    # holdout 0: the schedules above were measured on all 200 clean rows (the held-out
+    # clean-accuracy check has its own test below)
     metrics = purify_and_save(clean=digits_setup["clean"], method=method, out=out,
                               model_dir=digits_setup["model_dir"], test=digits_setup["test"],
-                              trigger=digits_setup["trigger"], options=options, device="cpu", log=None)
+                              trigger=digits_setup["trigger"], options=options, device="cpu", log=None,
+                              holdout=0.0)
     assert metrics["before"]["asr"] > 0.8
     assert metrics["asr"] < asr_bound, metrics
     assert metrics["clean_acc"] > digits_setup["base"]["clean_acc"] - CA_ALLOWANCE.get(method, 0.15), metrics
@@ -190,3 +193,45 @@ def test_purify_flow_writes_metrics_and_rejects_bad_input(prefect_harness, digit
         err = capsys.readouterr().err.strip()
         assert err.startswith("vetset: error:") and len(err.splitlines()) == 1 and message in err, err
         assert not bad.exists()
+
+
+def test_a_one_class_or_thin_clean_set_is_refused_before_any_work(digits_setup):
+    from pipelines.errors import VetsetError
+    from trainers.purify.run import check_clean_set, purify_and_save
+
+    clean = digits_setup["clean"]
+    one = clean.subset(np.flatnonzero(clean.labels == 3))
+    with pytest.raises(VetsetError, match="one class only"):
+        purify_and_save(clean=one, method="ft", out=digits_setup["tmp"] / "one", model_dir=digits_setup["model_dir"],
+                        log=None)
+    assert not (digits_setup["tmp"] / "one").exists()
+    some = clean.subset(np.flatnonzero(clean.labels < 6))
+    with pytest.raises(VetsetError, match="lacks 4 of the model's 10 classes"):
+        check_clean_set(some, 10)
+    check_clean_set(some, 10, allow_missing_classes=True)
+    thin = clean.subset(np.r_[np.flatnonzero(clean.labels != 7), np.flatnonzero(clean.labels == 7)[:2]])
+    with pytest.raises(VetsetError, match="fewer than 5 readable rows for 7"):
+        check_clean_set(thin, 10)
+
+
+def test_a_purification_that_collapses_clean_accuracy_is_not_saved(digits_setup):
+    """Gradient ascent on the clean set (``ft`` with a negative-free but huge learning rate
+    stands in for a method gone wrong): the held-out clean rows show the collapse, nothing
+    is saved, and --force saves it with the check recorded."""
+    from pipelines.errors import VetsetError
+    from trainers.purify.run import purify_and_save
+
+    wreck = {"epochs": 3, "lr": 5.0}
+    out = digits_setup["tmp"] / "wrecked"
+    with pytest.raises(VetsetError, match="collapsed the model's clean accuracy"):
+        purify_and_save(clean=digits_setup["clean"], method="ft", out=out, model_dir=digits_setup["model_dir"],
+                        options=wreck, device="cpu", log=None)
+    assert not out.exists()
+    metrics = purify_and_save(clean=digits_setup["clean"], method="ft", out=out, model_dir=digits_setup["model_dir"],
+                              options=wreck, device="cpu", log=None, force=True)
+    check = metrics["ca_check"]
+    assert check["collapsed"] and check["forced"] and check["held_out_rows"] == 20 and check["drop"] > 0.1
+    assert (out / "model.safetensors").exists()
+    ok = purify_and_save(clean=digits_setup["clean"], method="ft", out=digits_setup["tmp"] / "fine",
+                         model_dir=digits_setup["model_dir"], options={"epochs": 1}, device="cpu", log=None)
+    assert not ok["ca_check"]["collapsed"]

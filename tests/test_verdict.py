@@ -30,8 +30,8 @@ def _evidence(k_strong: dict[int, tuple[str, str, float]], signal: str) -> list[
 
 def _dynamics(ds: ImageDataset, posterior: np.ndarray, early: dict[int, float] | None = None) -> DetectorResult:
     """A training-dynamics result: the split's posterior, and class-mean early-learning z's."""
-    ev = [{"class": k, "signal": "early_learning_z", "value": v, "threshold": 3.0,
-           "strength": "weak" if v >= 3 else "none", "detail": ""} for k, v in (early or {}).items()]
+    ev = [{"class": k, "signal": "early_tail", "value": v, "threshold": 0.1,
+           "strength": "weak" if v >= 0.1 else "none", "detail": ""} for k, v in (early or {}).items()]
     return DetectorResult("dynamics", posterior, np.zeros(len(ds), bool), None, {"class_evidence": ev})
 
 
@@ -51,13 +51,13 @@ def test_size_excess_and_early_learning_name_the_class_and_flag_its_anomalous_pa
     injected = np.arange(100, 150)  # the last third of class 0
     post[injected] = 0.9
     post[250:260] = 0.9  # a split in class 2 too, which nothing else names
-    frame, verdict = fuse_and_decide(ds, [_dynamics(ds, post, {0: 3.5, 2: 1.0})])
+    frame, verdict = fuse_and_decide(ds, [_dynamics(ds, post, {0: 0.15, 2: 0.02})])
     assert verdict.backdoor_classes == ["c0"] and verdict.status == "dirt_found"
     assert frame["is_backdoor"].to_numpy().nonzero()[0].tolist() == injected.tolist()
     assert frame.loc[injected, "reasons"].eq("dynamics").all() and not frame.loc[250:259, "flagged"].any()
     c0 = verdict.classes[0]
     assert c0.backdoor and c0.injected_rows == 50 and c0.size_ratio == pytest.approx(150 / 105, abs=1e-3)
-    assert {s.name for s in c0.signals if s.fired} == {"class_size", "early_learning_z"}
+    assert {s.name for s in c0.signals if s.fired} == {"class_size", "early_tail"}
     assert verdict.headline.startswith("Likely backdoor: 50 rows injected into class c0")
     assert "class size 1.4x the median" in verdict.headline and verdict.confidence == "medium"
     assert (frame["flagged"] == (frame["dirty_score"] >= 0.5)).all()
@@ -67,7 +67,7 @@ def test_a_class_far_larger_than_balanced_others_is_named_by_its_size_alone():
     ds = _ds([200, 100, 100, 100, 100])
     post = np.zeros(len(ds))
     post[100:200] = 0.9
-    frame, verdict = fuse_and_decide(ds, [_dynamics(ds, post, {0: 1.0})])
+    frame, verdict = fuse_and_decide(ds, [_dynamics(ds, post, {0: 0.02})])
     assert verdict.backdoor_classes == ["c0"] and frame["flagged"].sum() == 100
     assert [s.name for s in verdict.classes[0].signals if s.fired] == ["class_size"]
 
@@ -76,7 +76,7 @@ def test_one_weak_signal_names_nothing():
     ds = _ds(UNEVEN)  # a large class, and nothing else says it holds injected rows
     post = np.zeros(len(ds))
     post[100:150] = 0.9
-    frame, verdict = fuse_and_decide(ds, [_dynamics(ds, post, {0: 1.0})])
+    frame, verdict = fuse_and_decide(ds, [_dynamics(ds, post, {0: 0.02})])
     assert verdict.backdoor_classes == [] and not frame["flagged"].any()
     assert verdict.status == "clean" and verdict.headline.startswith("No dirt found (checked: class sizes")
     assert any("one weak signal only" in f for f in verdict.findings)
@@ -147,7 +147,7 @@ def test_verdict_json_round_trip_and_bad_files(tmp_path):
     ds = _ds(UNEVEN)
     post = np.zeros(len(ds))
     post[100:150] = 0.9
-    _, verdict = fuse_and_decide(ds, [_dynamics(ds, post, {0: 3.5})])
+    _, verdict = fuse_and_decide(ds, [_dynamics(ds, post, {0: 0.15})])
     write_verdict(verdict, tmp_path / "verdict.json")
     back = read_verdict(tmp_path / "verdict.json")
     assert back == verdict and isinstance(back, AuditVerdict) and back.classes[0].signals[0].name == "class_size"
