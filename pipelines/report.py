@@ -107,21 +107,32 @@ def detector_rows(manifest: dict) -> list[list[str]]:
 DETECTOR_HEADER = ["detector", "flagged", "seconds", "finding"]
 
 
+def _round_robin(lists: list[list]) -> list:
+    out: list = []
+    for depth in range(max((len(x) for x in lists), default=0)):
+        out += [x[depth] for x in lists if depth < len(x)]
+    return out
+
+
 def interleaved_flagged(frame: pd.DataFrame, top_k: int) -> pd.DataFrame:
-    """The flagged rows to show: round-robin over (first reason, given class) groups, each
-    group dirtiest first, so that no single detector or class fills the grid."""
+    """The flagged rows to show, so that no single detector, kind or class fills the grid:
+    the verdict's kinds take turns (injected rows first, then wrong labels, then rows other
+    detectors flagged, then unreadable rows); inside a kind, the given classes take turns,
+    each dirtiest first."""
     flagged = frame[frame["flagged"]].sort_values("dirty_score", ascending=False, kind="stable")
     if flagged.empty:
         return flagged
-    key = flagged["reasons"].str.split(",").str[0].fillna("") + "|" + flagged["label"].astype(str)
-    groups = [g.index.tolist() for _, g in flagged.groupby(key, sort=False)]
-    order: list = []
-    depth = 0
-    while len(order) < min(top_k, len(flagged)):
-        for g in groups:
-            if depth < len(g):
-                order.append(g[depth])
-        depth += 1
+    false = pd.Series(False, index=flagged.index)
+    unreadable = flagged.get("is_unreadable", false).astype(bool)
+    injected = flagged.get("is_backdoor", false).astype(bool) & ~unreadable
+    wrong = flagged.get("is_label_issue", false).astype(bool) & ~injected & ~unreadable
+    kind = pd.Series(2, index=flagged.index)
+    kind[injected], kind[wrong], kind[unreadable] = 0, 1, 3
+    per_kind = []
+    for k in range(4):
+        part = flagged[kind == k]
+        per_kind.append(_round_robin([g.index.tolist() for _, g in part.groupby(part["label"].astype(str), sort=False)]))
+    order = _round_robin([x for x in per_kind if x])
     return flagged.loc[order[:top_k]]
 
 

@@ -357,12 +357,17 @@ def test_abl_detector_ranks_poisoned_rows_low_loss():
     truth[poisoned] = True
     ds = dataset(x, y)
     ctx = AuditContext(device="cpu", seed=0, expected_dirty_rate=0.1)
-    det = ABLDetector(epochs=5, lr=0.1, augment=False)
+    det = ABLDetector(epochs=5, lr=0.1, augment=False, cut="ratio")  # the published fixed share
     res = det.score(ds, ctx)
     auroc = roc_auc_score(truth, res.score)
     assert auroc > 0.9, auroc  # measured 0.997 here
     assert res.flag.sum() == 200 and res.flag[truth].mean() > 0.6
+    # the default mixture cut on the same losses: per class, isolated where a low-loss cluster
+    # stands apart; the target class is among them
+    mix = ABLDetector(epochs=5, lr=0.1, augment=False).score(ds, ctx)
+    assert mix.info["cut"] == "mixture" and mix.info["classes"]["0"]["isolated"], mix.info["classes"]
+    assert mix.flag[truth].mean() > 0.6 and np.array_equal(mix.score, res.score)
     assert res.info["cached"] is False
     again = det.score(ds, ctx)  # the trained model is reused from ctx.model_cache
     assert again.info["cached"] is True and np.array_equal(again.score, res.score)
-    assert ABLDetector(epochs=5, lr=0.1, augment=False, isolation_ratio=0.01).score(ds, ctx).flag.sum() == 20
+    assert ABLDetector(epochs=5, lr=0.1, augment=False, cut="ratio", isolation_ratio=0.01).score(ds, ctx).flag.sum() == 20

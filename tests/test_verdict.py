@@ -53,14 +53,50 @@ def test_size_excess_and_early_learning_name_the_class_and_flag_its_anomalous_pa
     post[250:260] = 0.9  # a split in class 2 too, which nothing else names
     frame, verdict = fuse_and_decide(ds, [_dynamics(ds, post, {0: 0.15, 2: 0.02})])
     assert verdict.backdoor_classes == ["c0"] and verdict.status == "dirt_found"
-    assert frame["is_backdoor"].to_numpy().nonzero()[0].tolist() == injected.tolist()
-    assert frame.loc[injected, "reasons"].eq("dynamics").all() and not frame.loc[250:259, "flagged"].any()
+    # the class's excess over the median class (150 - 105 = 45) is how many rows are flagged,
+    # the split's most injected-looking first
+    flagged = frame["is_backdoor"].to_numpy().nonzero()[0]
+    assert len(flagged) == 45 and set(flagged) <= set(injected)
+    assert frame.loc[flagged, "reasons"].eq("dynamics").all() and not frame.loc[250:259, "flagged"].any()
     c0 = verdict.classes[0]
-    assert c0.backdoor and c0.injected_rows == 50 and c0.size_ratio == pytest.approx(150 / 105, abs=1e-3)
+    assert c0.backdoor and c0.injected_rows == 45 and c0.size_ratio == pytest.approx(150 / 105, abs=1e-3)
     assert {s.name for s in c0.signals if s.fired} == {"class_size", "early_tail"}
-    assert verdict.headline.startswith("Likely backdoor: 50 rows injected into class c0")
+    assert verdict.headline.startswith("Likely backdoor: 45 rows injected into class c0")
     assert "class size 1.4x the median" in verdict.headline and verdict.confidence == "medium"
     assert (frame["flagged"] == (frame["dirty_score"] >= 0.5)).all()
+
+
+def test_without_the_size_quota_the_split_posterior_decides():
+    ds = _ds(UNEVEN)
+    post = np.zeros(len(ds))
+    post[100:150] = 0.9
+    cfg = FusionConfig(size_quota=False)
+    frame, verdict = fuse_and_decide(ds, [_dynamics(ds, post, {0: 0.15})], cfg)
+    assert frame["is_backdoor"].to_numpy().nonzero()[0].tolist() == list(range(100, 150))
+
+
+def test_specialist_flags_short_of_the_size_excess_are_filled_from_the_split():
+    """A class 2x the median: a specialist vouches for it with 20 exact flags (under half of
+    the 100-row excess), so the split's part where they sit gives the other 80."""
+    ds = _ds([200, 100, 100, 100, 100])
+    post = np.zeros(len(ds))
+    post[100:200] = 0.9
+    post[95:100] = 0.5
+    dyn = _dynamics(ds, np.zeros(len(ds)), {0: 0.02})
+    dyn.arrays["posterior_confident"] = post
+    flag = np.zeros(len(ds), bool)
+    flag[180:200] = True
+    spec = DetectorResult("sentinet", flag.astype(float), flag, None,
+                          {"class_evidence": _evidence({0: ("", "strong", 20.0)}, "sentinet_rows")})
+    frame, verdict = fuse_and_decide(ds, [dyn, spec])
+    assert frame["is_backdoor"].to_numpy().nonzero()[0].tolist() == list(range(100, 200))
+    assert any("80 more" in f for f in verdict.findings), verdict.findings
+    # most of the excess found by the specialist: its flags alone
+    flag[120:200] = True
+    spec = DetectorResult("sentinet", flag.astype(float), flag, None,
+                          {"class_evidence": _evidence({0: ("", "strong", 80.0)}, "sentinet_rows")})
+    frame, _ = fuse_and_decide(ds, [dyn, spec])
+    assert frame["is_backdoor"].to_numpy().nonzero()[0].tolist() == list(range(120, 200))
 
 
 def test_a_class_far_larger_than_balanced_others_is_named_by_its_size_alone():
@@ -160,3 +196,23 @@ def test_verdict_json_round_trip_and_bad_files(tmp_path):
         read_verdict(tmp_path / "bad.json")
     with pytest.raises(DataError):
         read_verdict(tmp_path / "missing.json")
+
+
+def test_the_report_grid_takes_turns_between_kinds_and_classes():
+    """Wrong labels scored dirtier than the injected rows still leave the first tile to an
+    injected row, and no class fills the grid."""
+    import pandas as pd
+
+    from pipelines.report import interleaved_flagged
+
+    n = 40
+    frame = pd.DataFrame({
+        "label": [i % 4 for i in range(n)], "flagged": True, "dirty_score": np.linspace(1.0, 0.5, n),
+        "is_backdoor": [i >= 30 for i in range(n)], "is_label_issue": [i < 30 for i in range(n)],
+        "is_unreadable": False, "reasons": ["sentinet" if i >= 30 else "confident" for i in range(n)]})
+    frame.loc[30:, "label"] = 0
+    grid = interleaved_flagged(frame, 8)
+    assert grid["is_backdoor"].tolist() == [True, False] * 4
+    assert grid.loc[~grid["is_backdoor"], "label"].tolist() == [0, 1, 2, 3]
+    assert grid.index[0] == 30  # the dirtiest injected row
+    assert len(interleaved_flagged(frame, 100)) == n
