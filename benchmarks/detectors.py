@@ -286,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         attack = SCENARIOS[name][0]
         cell_rates = rates if attack and name != "hybrid" else [min(rates) if name == "hybrid" else 0.0]
         for rate in cell_rates:
+            rate = min(rate, 0.05) if name == "hybrid" else rate  # the hybrid's poisoning is 5%
             for seed in seeds:
                 stem = f"{name}-{rate:g}-s{seed}"
                 if args.save and args.skip_done and (args.save / f"{stem}.pkl").exists():

@@ -62,12 +62,14 @@ class DynamicsConfig:
     split (smaller classes score 0). Class evidence for the verdict, ``early_tail``: the
     share of a class's rows fitted earlier (training margin over the first 10-20% of epochs)
     than ``tail_quantile`` (99%) of the other classes' rows; weak from ``tail_weak`` (0.10),
-    strong from ``tail_strong`` (0.35). Measured on 6,000-row CIFAR-10 slices (seed 0):
-    SIG's target 0.31 (5%) and 0.63 (10%), a 4x4 patch's 0.25 / 0.44, BadNets' 0.01 / 0.11,
+    strong from ``tail_strong`` (0.30). Measured on 6,000-row CIFAR-10 slices (seed 0):
+    SIG's target 0.325 (5%) and 0.63 (10%), a 4x4 patch's 0.27 / 0.44, BadNets' 0.06 / 0.11,
     clean classes of every case at most 0.06; but clean digits' class 0 (an easy class, not a
-    trigger) reached 0.06-0.26 over 10 model seeds, and a strong bar at 0.20 named it on a
-    clean set: so the strong bar sits above every clean class measured, and a class between
-    the bars needs a second signal. How sharp a class's split is (``sharp`` in
+    trigger) reached 0.07-0.26 over 15 runs (model seeds, threads, 16 and 32 px), and a strong
+    bar at 0.20 named it on a clean set. So the strong bar sits between the two (thin margins
+    on both sides: 0.26 and 0.325): by this signal alone an intrinsically easy class cannot be
+    told from a clean-label target, and a class between the bars needs a second signal.
+    How sharp a class's split is (``sharp`` in
     ``info["classes"]``) is recorded but is no evidence: clean digits classes split with
     every row at posterior > 0.95.
     ``arch``/``epochs``: the shared detection model."""
@@ -76,7 +78,7 @@ class DynamicsConfig:
     seed_restarts: int = 3
     tail_quantile: float = 0.99
     tail_weak: float = 0.10
-    tail_strong: float = 0.35
+    tail_strong: float = 0.30
     min_rows: int = 40
     arch: str = "auto"
     epochs: int | None = None
