@@ -463,8 +463,6 @@ def _describe(s: Signal) -> str:
         return f"{int(s.value)} rows whose patch moves other images (SentiNet)"
     if s.name == "early_tail":
         return f"{s.value:.0%} of it learned earlier than nearly every other row"
-    if s.name == "sharp_split":
-        return f"a sharp split of how its rows were learned ({s.value:.0%})"
     if s.name == "label_issue_share":
         return f"{s.value:.0%} of it looks mislabelled"
     if s.name == "abl_isolated_share":
