@@ -215,13 +215,16 @@ def decide(ds: ImageDataset, results: list[DetectorResult], config: VerdictConfi
     other = np.zeros(n, dtype=bool)
     reasons: list[list[tuple[float, str]]] = [[] for _ in range(n)]
     calibrated = {r.name: np.nan_to_num(calibrate(r), nan=0.0) for r in results}
-    in_named = np.isin(ds.labels, named) & ~ds.unreadable
     gives_evidence = {r.name for r in results if r.info.get("class_evidence")}
     dyn = by_name.get("dynamics")
     if dyn is not None and named:
         for k in named:
             specialists = [r for r in results if r.name in gives_evidence and _vouches(r, k)]
-            spec_rows = int(sum((r.flag & (ds.labels == k)).sum() for r in specialists))
+            rows_k = (ds.labels == k) & ~ds.unreadable
+            spec = np.zeros(n, dtype=bool)
+            for r in specialists:
+                spec |= r.flag & rows_k
+            spec_rows = int(spec.sum())
             excess = _size_excess(sizes, k, signals[k])
             if spec_rows >= 10 and not cfg.split_with_specialists:
                 if not (cfg.size_quota and spec_rows < cfg.quota_fill_below * excess):
@@ -231,13 +234,9 @@ def decide(ds: ImageDataset, results: list[DetectorResult], config: VerdictConfi
                 # the class holds more rows above the median class than the specialists found:
                 # the rest of that count from the split's part where their flags sit
                 post, side = _injected_posterior(ds, k, dyn, specialists, label_flags, signals[k])
-                spec = np.zeros(n, dtype=bool)
-                for r in specialists:
-                    spec |= r.flag & (ds.labels == k) & ~ds.unreadable
-                idx = np.flatnonzero((ds.labels == k) & ~ds.unreadable & ~spec)
-                order = idx[np.argsort(-post[idx], kind="stable")][:max(0, excess - int(spec.sum()))]
+                order = _top_rows(rows_k & ~spec, post, excess - spec_rows)
                 backdoor[order] = True
-                findings.append(f"class {names[k]}: the specialists flagged {int(spec.sum())} rows, the class holds "
+                findings.append(f"class {names[k]}: the specialists flagged {spec_rows} rows, the class holds "
                                 f"{excess} above the median class; {len(order)} more from the {side} part of its "
                                 "training-dynamics split, most injected-looking first")
                 for i in order:
@@ -258,15 +257,12 @@ def decide(ds: ImageDataset, results: list[DetectorResult], config: VerdictConfi
                                 "injected, the class's size and signals are the finding")
                 continue
             post, side = _injected_posterior(ds, k, dyn, specialists, label_flags, signals[k])
-            rows_k = (ds.labels == k) & ~ds.unreadable
             hit = rows_k & (post >= cfg.posterior)
             if cfg.size_quota and excess > 0:
                 # the class's excess over the median class is how many rows were injected into
                 # it (all-to-one dirty-label poisoning): flag that many, most injected-looking first
-                idx = np.flatnonzero(rows_k)
-                order = idx[np.argsort(-post[idx], kind="stable")]
                 hit = np.zeros(n, dtype=bool)
-                hit[order[:excess]] = True
+                hit[_top_rows(rows_k, post, excess)] = True
                 side += f" (its {excess} rows above the median class, most injected-looking first)"
             backdoor |= hit
             findings.append(f"class {names[k]}: {int(hit.sum())} rows in the {side} part of its training-dynamics "
@@ -322,6 +318,12 @@ def decide(ds: ImageDataset, results: list[DetectorResult], config: VerdictConfi
     verdict = _verdict(ds, results, signals, sizes, named, evidence_score, backdoor, label_flags, other,
                        suggested, findings, cfg)
     return Decision(verdict, backdoor, label_flags & ~ds.unreadable, other, row_reasons, suggested)
+
+
+def _top_rows(candidates: np.ndarray, score: np.ndarray, count: int) -> np.ndarray:
+    """The indices of the ``count`` candidate rows with the highest ``score`` (ties: first)."""
+    idx = np.flatnonzero(candidates)
+    return idx[np.argsort(-score[idx], kind="stable")][:max(0, count)]
 
 
 def _size_excess(sizes: np.ndarray, k: int, signals_k: list) -> int:
