@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from torch import nn
 
 from pipelines.dataset import ImageDataset
 from trainers.augment import to_float
+
+if TYPE_CHECKING:
+    from trainers.loop import Checkpoint
 from trainers.loop import TrainConfig, TrainHooks, fit, predict_logits, preset, resolve_device
 from trainers.models import build_model, penultimate_features
 
@@ -134,7 +137,7 @@ class MarginRecorder:
         self.margins.copy_(state["margins"].to(self.margins.device))
 
 
-def checkpoint_for(ctx_dir: str | None, *parts) -> "Checkpoint | None":
+def checkpoint_for(ctx_dir: str | None, *parts) -> Checkpoint | None:
     """The checkpoint file of one training run under ``ctx_dir`` (None = no checkpoint)."""
     if not ctx_dir:
         return None
