@@ -44,7 +44,7 @@ def fuse_and_decide(ds: ImageDataset, results: list[DetectorResult],
     for r in results:
         frame[f"{r.name}_score"] = r.score
         frame[f"{r.name}_flag"] = r.flag
-        top = np.maximum(top, np.nan_to_num(calibrate(r), nan=0.0))
+        top = np.maximum(top, decision.calibrated[r.name])
     flagged = decision.backdoor | decision.label_issue | decision.other | ds.unreadable
     dirty = np.where(flagged, 0.5 + 0.5 * top, np.minimum(0.5 * top, 0.4999))
     dirty = np.where(ds.unreadable, 1.0, dirty)

@@ -117,6 +117,7 @@ class Decision:
     other: np.ndarray  # bool per row: flagged by a specialist without class evidence or rankers' agreement
     row_reasons: list[list[str]]  # per row, the detectors / rules that fired, strongest first
     suggested: np.ndarray  # int per row, -1 = none
+    calibrated: dict[str, np.ndarray]  # per detector, its scores rank-mapped by :func:`calibrate` (NaN -> 0)
 
 
 def _robust_z(values: np.ndarray) -> np.ndarray:
@@ -317,7 +318,7 @@ def decide(ds: ImageDataset, results: list[DetectorResult], config: VerdictConfi
 
     verdict = _verdict(ds, results, signals, sizes, named, evidence_score, backdoor, label_flags, other,
                        suggested, findings, cfg)
-    return Decision(verdict, backdoor, label_flags & ~ds.unreadable, other, row_reasons, suggested)
+    return Decision(verdict, backdoor, label_flags & ~ds.unreadable, other, row_reasons, suggested, calibrated)
 
 
 def _top_rows(candidates: np.ndarray, score: np.ndarray, count: int) -> np.ndarray:
