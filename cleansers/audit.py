@@ -13,7 +13,7 @@ from pipelines.atomic import atomic_write_json
 from pipelines.dataset import ImageDataset
 from pipelines.errors import DataError
 from pipelines.metrics import audit_metrics
-from pipelines.outputs import RunPaths, write_manifest, write_scores, write_truth
+from pipelines.outputs import RunPaths, staged_run, write_manifest, write_scores, write_truth
 from pipelines.report import render_report
 from pipelines.verdict import VERDICT, AuditVerdict, write_verdict
 
@@ -94,7 +94,8 @@ def run_audit(ds: ImageDataset, detectors: list[str], paths: RunPaths, *, run_id
     start = time.perf_counter()
     frame, verdict = fuse_and_decide(ds, results, fusion)
     timings["fuse"] = time.perf_counter() - start
-    manifest, metrics = write_outputs(ds, frame, results, paths, run_id=run_id, config=config or {}, timings=timings,
-                                      truth=truth, verdict=verdict)
-    render_report(ds, frame, manifest, metrics, paths, verdict)
+    with staged_run(paths) as staged:  # all files or none
+        manifest, metrics = write_outputs(ds, frame, results, staged, run_id=run_id, config=config or {},
+                                          timings=timings, truth=truth, verdict=verdict)
+        render_report(ds, frame, manifest, metrics, staged, verdict)
     return AuditResult(paths.root, frame, manifest, metrics, results, verdict)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.dataset import ImageDataset
+from pipelines.errors import DataError
 
 from .base import DETECTORS, AuditContext, Detector, DetectorResult
 
@@ -78,7 +79,8 @@ class PatchOutlierDetector(Detector):
     def prepare(self, data: ImageDataset, ctx: AuditContext) -> Any:
         h, w = data.image_size if len(data) else (self.config.patch, self.config.patch)
         if not 1 <= self.config.patch <= min(h, w):
-            raise ValueError(f"outlier: patch={self.config.patch} must be between 1 and the image side {min(h, w)}")
+            raise DataError(f"outlier: patch={self.config.patch} must be between 1 and the image side {min(h, w)} "
+                            f"(the images are {h}x{w})")
         return None
 
     def score_rows(self, data: ImageDataset, rows: np.ndarray, ctx: AuditContext, state: Any) -> np.ndarray:

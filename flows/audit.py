@@ -20,7 +20,7 @@ from cleansers.fusion import FusionConfig, fuse_and_decide
 from pipelines.dataset import ImageDataset
 from pipelines.errors import VetsetError
 from pipelines.loaders import LoadOptions, load_dataset
-from pipelines.outputs import RunPaths, new_run_id
+from pipelines.outputs import RunLock, RunPaths, check_writable, new_run_id, staged_run, writing_run
 from pipelines.report import METRIC_HEADER, metrics_rows, render_report, summary_rows
 from pipelines.verdict import AuditVerdict
 
@@ -85,13 +85,15 @@ def fuse_task(ds: ImageDataset, results: list[DetectorResult], min_votes: int) -
 def write_task(ds, frame, results, paths: RunPaths, run_id: str, config: dict, timings: dict, truth_path: str | None,
                verdict: AuditVerdict | None = None):
     truth = read_truth(truth_path) if truth_path else None
-    return write_outputs(ds, frame, results, paths, run_id=run_id, config=config, timings=timings, truth=truth,
-                         verdict=verdict)
+    with writing_run(paths):
+        return write_outputs(ds, frame, results, paths, run_id=run_id, config=config, timings=timings,
+                             truth=truth, verdict=verdict)
 
 
 @task(name="report")
 def report_task(ds, frame, manifest, metrics, paths: RunPaths, verdict: AuditVerdict | None = None) -> str:
-    render_report(ds, frame, manifest, metrics, paths, verdict)
+    with writing_run(paths):
+        render_report(ds, frame, manifest, metrics, paths, verdict)
     return str(paths.report_html)
 
 
@@ -121,6 +123,19 @@ def _cache_summary(results: list[DetectorResult]) -> dict:
 
 @flow(name="audit", log_prints=True)
 def audit_flow(params: AuditParams = AuditParams()) -> AuditSummary:
+    """Before any work, the run directory must be writable and not in use: ``params.out`` is
+    locked for the whole run (a second audit of it is refused), the default
+    ``runs_root/<run_id>`` only while it is written. The files are staged and moved into place
+    together (pipelines/outputs.py)."""
+    if params.out:
+        check_writable(params.out)
+        with RunLock(params.out) as lock:
+            return _audit(params, lock)
+    check_writable(Path(params.runs_root) / "run")
+    return _audit(params, None)
+
+
+def _audit(params: AuditParams, lock: RunLock | None) -> AuditSummary:
     logger = get_run_logger()
     start = time.perf_counter()
     ds = load_task(params)
@@ -146,8 +161,9 @@ def audit_flow(params: AuditParams = AuditParams()) -> AuditSummary:
     run_id = new_run_id(ds)
     paths = RunPaths(Path(params.out) if params.out else Path(params.runs_root) / run_id)
     config = dict(params.model_dump(), cache=_cache_summary(results))
-    manifest, metrics = write_task(ds, frame, results, paths, run_id, config, timings, params.truth, verdict)
-    report_task(ds, frame, manifest, metrics, paths, verdict)
+    with staged_run(paths, lock) as staged:  # all files or none
+        manifest, metrics = write_task(ds, frame, results, staged, run_id, config, timings, params.truth, verdict)
+        report_task(ds, frame, manifest, metrics, staged, verdict)
     _publish_artifacts(frame, manifest, metrics, paths, verdict)
     logger.info("verdict: %s", verdict.headline)
     summary = AuditSummary(str(paths.root), run_id, len(frame), int(frame["flagged"].sum()), int(ds.unreadable.sum()),

@@ -47,11 +47,13 @@ def run_audit_cli(params) -> Any:
     from cleansers.audit import read_truth
 
     from pipelines.loaders import validate_source
+    from pipelines.outputs import check_writable
 
     from .. import logging_quiet
     from ..audit import audit_flow, load_options
 
     validate_source(params.data, load_options(params))
+    check_writable(params.out or Path(params.runs_root) / "run")
     if params.truth:
         read_truth(params.truth)
     if params.trusted:
