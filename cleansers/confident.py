@@ -79,7 +79,9 @@ def find_label_issues(probs: np.ndarray, labels: np.ndarray, filter_by: str = "p
         # cleanlab wants every class of the probability matrix to occur among the labels
         sub = probs[:, present] / np.maximum(probs[:, present].sum(1, keepdims=True), 1e-12)
         remap = np.searchsorted(present, labels)
-        issues = np.asarray(cl_find(remap, sub, filter_by=filter_by), dtype=bool)
+        # n_jobs=1: cleanlab otherwise forks a multiprocessing pool, and a fork of a process with
+        # Prefect's threads running can deadlock (seen: the demo test hung in Pool.terminate)
+        issues = np.asarray(cl_find(remap, sub, filter_by=filter_by, n_jobs=1), dtype=bool)
     other = probs.copy()
     other[np.arange(len(labels)), labels] = -np.inf
     return issues, other.argmax(1)

@@ -14,6 +14,16 @@ from pipelines.errors import VetsetError
 from pipelines.registry import Registry
 
 EXIT_INTERNAL = 1
+EXIT_LOST_SERVER = 3
+
+
+def _lost_server(exc: BaseException) -> bool:
+    """The Prefect API went away mid-run (connection refused / reset), not a vetset bug."""
+    try:
+        import httpx
+    except ImportError:
+        return False
+    return isinstance(exc, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError))
 
 # Prefect's ephemeral server (no PREFECT_API_URL) gets 20 s to start by default; on a busy
 # 2-core machine it took 13-18 s even when idle (../shared/ENVIRONMENT.md), so allow more.
@@ -61,13 +71,25 @@ def run(argv: list[str] | None, handler: Callable[[argparse.Namespace], int] | N
     except Exception as exc:  # an internal failure: one line unless --debug
         if args.debug or os.environ.get("VETSET_DEBUG"):
             raise
+        if _lost_server(exc):
+            print(f"vetset: error: lost the Prefect server at {os.environ.get('PREFECT_API_URL', '(ephemeral)')} "
+                  f"({type(exc).__name__}: {' '.join(str(exc).split())}); finished shards are kept in the cache: "
+                  "rerun the same command to resume", file=sys.stderr)
+            return EXIT_LOST_SERVER
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"vetset: internal error: {type(exc).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
 
 
 def main() -> None:
-    sys.exit(run(sys.argv[1:]))
+    code = run(sys.argv[1:])
+    if code == EXIT_LOST_SERVER:
+        # Prefect's exit handlers would go on trying to hand events and logs to the server that
+        # is gone (seen: the process still alive minutes after the message); nothing is left to save
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

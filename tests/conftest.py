@@ -121,17 +121,15 @@ def stop_process(proc, timeout: float) -> None:
         proc.kill()
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory):
-    """A real `prefect server start` on 127.0.0.1 and a free port, with its own PREFECT_HOME.
-    Yields the API URL; the server is stopped at the end of the session."""
+def start_prefect_server(home: Path):
+    """Start `prefect server start` on 127.0.0.1 and a free port with PREFECT_HOME ``home``;
+    returns (process, API URL, open log file) once /health answers."""
     import os
     import subprocess
     import sys
     import time
     import urllib.request
 
-    home = tmp_path_factory.mktemp("prefect-server-home")
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_UI_ENABLED": "false"}
@@ -145,13 +143,20 @@ def prefect_server(tmp_path_factory):
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
                 if r.status == 200:
-                    break
+                    return proc, url, log
         except OSError:
             pass
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
             pytest.fail(f"prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
         time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real `prefect server start` on 127.0.0.1 and a free port, with its own PREFECT_HOME.
+    Yields the API URL; the server is stopped at the end of the session."""
+    proc, url, log = start_prefect_server(tmp_path_factory.mktemp("prefect-server-home"))
     try:
         yield url
     finally:

@@ -91,7 +91,7 @@ def test_a_second_audit_of_the_same_out_is_refused_while_the_first_runs(prefect_
     pq.write_table(pq.read_table(poisoned_cifar["data"]).slice(0, 120), tmp_path / "d.parquet")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_API_URL=prefect_server,
-               PYTHONPATH=f"{REPO / 'tests'}{os.pathsep}{REPO}", VETSET_TEST_DELAY="1")
+               PYTHONPATH=f"{REPO / 'tests'}{os.pathsep}{REPO}", VETSET_TEST_DELAY="4")  # 6 shards: 24 s, while the second audit starts
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "flows", "audit", "--data", str(tmp_path / "d.parquet"), "--detectors", "slow_rows",
            "--plugin", "flows_plugin", "--shard-size", "20", "--workers", "1", "--no-cache", "--out", str(out)]
