@@ -82,7 +82,9 @@ CASES = {
 
 # clean-accuracy drop allowed (default 0.15); SAU (see its note above) measured 0.92 -> 0.63
 # on AVX-512 and 0.93 -> 0.77 on AVX2
-CA_ALLOWANCE = {"sau": 0.35}
+# NPD over model seeds 0-3 (one thread, AVX-512, pillow 13): CA drop 0.16, -0.01, 0.04, 0.03
+# (seed 0 is the fixture's model: 0.94 -> 0.78), ASR 0.15-0.42
+CA_ALLOWANCE = {"sau": 0.35, "npd": 0.25}
 RELATIVE_DROP = {"fp": 0.1}  # ASR must fall at least this much below the backdoored model's
 
 
@@ -115,22 +117,24 @@ def test_nc_finds_target_zero_and_not_on_a_clean_model(digits_setup):
     from trainers import build_model, fit, preset
     from trainers.purify import purify
 
-    # 150 Adam steps per class (30 epochs of 50 rows in batches of 10): class 0's reversed mask
-    # L1 3.0-3.4 against 36-244 for the others; its anomaly index 1.87 (AVX-512) / 2.01 (AVX2)
-    # sits at the published threshold 2, so the test asks for the smallest mask and an index
-    # well above the clean model's (0.9-1.3), not for the threshold's call. With 12 steps no
-    # reversal reached the success threshold and the norms meant nothing.
+    # 150 Adam steps per class (30 epochs of 50 rows in batches of 10). Measured over model seeds
+    # 0-3 (one thread, AVX-512): class 0's reversed mask L1 2.5-9.6 against >= 29 for every other
+    # class (smallest / next 0.06-0.17); clean models (seeds 1-4) 0.67-0.94. The published MAD
+    # rule (anomaly index > 2) is no test at this scale: it flagged 2 of the 4 clean models
+    # (index 2.9, 3.4) and missed 2 of the 4 backdoored ones (1.7, 1.8), so the test asks for
+    # the mechanism (one mask far smaller than the rest) and the clean model's lack of it.
+    # With 12 steps no reversal reached the success threshold and the norms meant nothing.
     opts = {"reverse_epochs": 30, "reverse_rows": 50, "reverse_batch_size": 10, "epochs": 6}
     _, info = purify("nc", _copy(digits_setup["model"]), digits_setup["clean"], dict(opts), device="cpu")
     l1 = np.asarray(info["mask_l1"])
-    assert int(np.argmin(l1)) == 0 and l1[0] < 0.25 * np.min(np.delete(l1, 0)), info
-    assert info["target_class"] in (0, None) and info["max_anomaly_index"] > 1.5, info
+    assert int(np.argmin(l1)) == 0 and info["smallest_to_next_l1"] < 0.3, info
+    assert info["target_class"] in (0, None), info  # never another class
     clean_model = build_model("small_cnn", 10, (32, 32), seed=1, width=WIDTH)
     train = digits_setup["train"]
     fit(clean_model, train.images, train.labels, preset("cpu_small", epochs=TRAIN_EPOCHS, device="cpu"))
     _, clean_info = purify("nc", clean_model, digits_setup["clean"], dict(opts), device="cpu")
-    assert not clean_info["backdoored"], clean_info
-    assert clean_info["max_anomaly_index"] < 0.8 * info["max_anomaly_index"], (clean_info, info)
+    assert clean_info["smallest_to_next_l1"] > 0.45, clean_info
+    assert clean_info["smallest_to_next_l1"] > 2 * info["smallest_to_next_l1"], (clean_info, info)
 
 
 def _copy(model):
