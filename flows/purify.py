@@ -14,6 +14,8 @@ from .purify_params import PurifyParams
 
 @task(name="purify")
 def purify_task(params: PurifyParams) -> dict:
+    from trainers.purify.residual import ResidualConfig
+
     logger = get_run_logger()
     clean = load_dataset(params.clean)
     test = load_dataset(params.test) if params.test else None
@@ -22,7 +24,9 @@ def purify_task(params: PurifyParams) -> dict:
                            options=params.options, n_clean=params.n_clean, device=params.device,
                            seed=params.seed, log=logger.info, min_rows_per_class=params.min_rows_per_class,
                            allow_missing_classes=params.allow_missing_classes, holdout=params.holdout,
-                           max_ca_drop=params.max_ca_drop, force=params.force)
+                           max_ca_drop=params.max_ca_drop, force=params.force,
+                           residual=(ResidualConfig(rows=params.residual_rows, steps_per_class=params.residual_steps)
+                                     if params.residual else False))
 
 
 @flow(name="purify", log_prints=True)

@@ -11,7 +11,8 @@ class PurifyParams(BaseModel):
     arch: str | None = Field(None, description="registered architecture, with state_dict instead of model")
     state_dict: str | None = Field(None, description=".safetensors or torch state dict (read with weights_only)")
     clean: str = Field(description="the small clean set (any source `vetset audit` reads)")
-    method: str = Field(description="sau, npd, ftsam, tsbd, awm, ft, fp, nc, strip")
+    method: str = Field(description="sau, npd, ftsam, tsbd, awm, ft, fp, nc, strip, or auto (cheapest first, "
+                                    "until the residual estimate finds no backdoor)")
     out: str = Field(description="model directory to write (model, config.json, metrics.json, report.md)")
     test: str | None = Field(None, description="test set for CA (and ASR / RA / DER with trigger)")
     trigger: str | None = Field(None, description="trigger.json of a simulated attack")
@@ -24,6 +25,9 @@ class PurifyParams(BaseModel):
     holdout: float = Field(0.1, ge=0, lt=1, description="share of the clean set kept out to check clean accuracy")
     max_ca_drop: float = Field(0.10, ge=0, le=1, description="largest held-out clean-accuracy drop before refusing")
     force: bool = Field(False, description="save even when the clean accuracy collapsed")
+    residual: bool = Field(True, description="trigger-free residual-backdoor estimate before and after")
+    residual_rows: int = Field(200, ge=10, description="clean rows the residual estimate reverses triggers on")
+    residual_steps: int = Field(300, ge=1, description="Adam steps per class of the residual estimate's reversal")
 
     @model_validator(mode="after")
     def _one_source(self) -> "PurifyParams":

@@ -100,7 +100,7 @@ def test_method_lowers_asr_and_saves_a_loadable_model(digits_setup, method):
     metrics = purify_and_save(clean=digits_setup["clean"], method=method, out=out,
                               model_dir=digits_setup["model_dir"], test=digits_setup["test"],
                               trigger=digits_setup["trigger"], options=options, device="cpu", log=None,
-                              holdout=0.0)
+                              holdout=0.0, residual=False)
     assert metrics["before"]["asr"] > 0.8
     assert metrics["asr"] < asr_bound, metrics
     assert metrics["asr"] < metrics["before"]["asr"] - RELATIVE_DROP.get(method, 0.0), metrics
@@ -137,6 +137,54 @@ def test_nc_finds_target_zero_and_not_on_a_clean_model(digits_setup):
     assert clean_info["smallest_to_next_l1"] > 2 * info["smallest_to_next_l1"], (clean_info, info)
 
 
+def test_residual_estimate_reads_the_backdoor_before_and_after_and_auto_stops_on_it(digits_setup):
+    """The trigger-free estimate names class 0 on the backdoored model; --method auto tries NC
+    first (the evidence says a patch-like backdoor is there), keeps it when the evidence is
+    gone, and the true ASR (with the trigger the estimate never saw) agrees. A sequence that
+    cannot remove the backdoor (2 epochs of plain fine-tuning) ends with the warning."""
+    from trainers.purify.residual import ResidualConfig
+    from trainers.purify.run import purify_and_save
+
+    # 40 rows, 120 steps of 10 per class: the NC test's schedule, a little shorter
+    rc = ResidualConfig(rows=40, steps_per_class=120, batch_size=10)
+    nc = {"nc.reverse_epochs": 30, "nc.reverse_rows": 50, "nc.reverse_batch_size": 10, "nc.epochs": 6}
+    out = digits_setup["tmp"] / "auto"
+    m = purify_and_save(clean=digits_setup["clean"], method="auto", out=out, model_dir=digits_setup["model_dir"],
+                        test=digits_setup["test"], trigger=digits_setup["trigger"], options=nc, device="cpu",
+                        log=None, residual=rc)
+    r, p = m["residual"], m["purification"]
+    assert r["before"]["evidence"] and r["before"]["class"] == 0, r["before"]
+    assert p["steps"][0]["method"] == "nc", p["steps"]
+    assert p["passed"] and not r["after"]["evidence"] and not r["warning"], (p["steps"], r["after"])
+    assert m["before"]["asr"] > 0.8 and m["asr"] < 0.2, m  # the true ASR agrees with "no evidence"
+    report = (out / "report.md").read_text()
+    assert "Backdoor evidence before: class 0" in report and f"Auto: kept **{p['chosen']}**" in report
+
+    stays = purify_and_save(clean=digits_setup["clean"], method="auto", out=None,
+                            model_dir=digits_setup["model_dir"], test=digits_setup["test"],
+                            trigger=digits_setup["trigger"], options={"sequence": "ft", "ft.epochs": 2},
+                            device="cpu", log=None, residual=rc)
+    assert stays["asr"] > 0.5 and not stays["purification"]["passed"], stays["purification"]["steps"]
+    assert stays["residual"]["still_backdoored"] and "still backdoored" in stays["residual"]["warning"]
+
+
+def test_auto_options_are_checked_before_any_work(digits_setup):
+    from pipelines.errors import VetsetError
+    from trainers.purify.run import auto_config, purify_and_save
+
+    assert auto_config({"sequence": "npd,sau", "npd.epochs": 3}).options == {"npd": {"epochs": 3}}
+    for bad, msg in [({"sequence": "npd,magic"}, "unknown purification method 'magic'"),
+                     ({"sequence": "strip"}, "cannot be a step"),
+                     ({"epochs": 3}, "is not METHOD.OPTION"),
+                     ({"sau.epochz": 3}, "sau has no option"),
+                     ({"sequence": []}, "wants a list")]:
+        with pytest.raises(VetsetError, match=msg):
+            auto_config(bad)
+    with pytest.raises(VetsetError, match="cannot run without it"):
+        purify_and_save(clean=digits_setup["clean"], method="auto", out=None, model_dir=digits_setup["model_dir"],
+                        residual=False, log=None)
+
+
 def _copy(model):
     import copy
 
@@ -150,7 +198,8 @@ def test_strip_calibrates_frr_and_rejects_triggered_inputs(digits_setup):
 
     out = digits_setup["tmp"] / "strip"
     metrics = purify_and_save(clean=digits_setup["clean"], method="strip", out=out, model_dir=digits_setup["model_dir"],
-                              test=digits_setup["test"], trigger=digits_setup["trigger"], device="cpu", log=None)
+                              test=digits_setup["test"], trigger=digits_setup["trigger"], device="cpu", log=None,
+                              residual=False)
     assert metrics["strip_frr"] <= 0.05  # calibrated at 1% on 168 clean rows, measured on 300 others
     # measured 0.07 (0.0 of triggered rows' mean entropy reaches the clean 1% quantile's
     # neighbourhood); the linear 50/50 blend this once used accepted all of them (1.0)
@@ -184,11 +233,16 @@ def test_purify_flow_writes_metrics_and_rejects_bad_input(prefect_harness, digit
     out = tmp_path / "ft"
     code = run(["purify", "--model", str(digits_setup["model_dir"]), "--clean", str(clean), "--method", "ft",
                 "--set", "epochs=2", "--test", str(test), "--trigger", str(trigger), "--device", "cpu",
-                "--out", str(out)])
-    assert code == 0, capsys.readouterr().err
+                "--residual-rows", "20", "--residual-steps", "20", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"clean_acc", "asr", "ra", "der", "before", "after"} <= set(metrics)
-    assert (out / "report.md").read_text().startswith("# vetset purify: ft")
+    assert {"clean_acc", "asr", "ra", "der", "before", "after", "residual"} <= set(metrics)
+    assert metrics["residual"]["after"]["rows"] == 20 and metrics["residual"]["after"]["steps_per_class"] == 20
+    assert metrics["residual"]["summary"].startswith("backdoor evidence before: ")
+    assert metrics["residual"]["summary"] in printed.out
+    report = (out / "report.md").read_text()
+    assert report.startswith("# vetset purify: ft") and "Backdoor evidence before: " in report
     load_model(out)
 
     # bad input: one line, exit 2, nothing written
@@ -243,13 +297,14 @@ def test_a_purification_that_collapses_clean_accuracy_is_not_saved(digits_setup)
     out = digits_setup["tmp"] / "wrecked"
     with pytest.raises(VetsetError, match="collapsed the model's clean accuracy"):
         purify_and_save(clean=digits_setup["clean"], method="ft", out=out, model_dir=digits_setup["model_dir"],
-                        options=wreck, device="cpu", log=None)
+                        options=wreck, device="cpu", log=None, residual=False)
     assert not out.exists()
     metrics = purify_and_save(clean=digits_setup["clean"], method="ft", out=out, model_dir=digits_setup["model_dir"],
-                              options=wreck, device="cpu", log=None, force=True)
+                              options=wreck, device="cpu", log=None, force=True,
+                              residual=False)
     check = metrics["ca_check"]
     assert check["collapsed"] and check["forced"] and check["held_out_rows"] == 20 and check["drop"] > 0.1
     assert (out / "model.safetensors").exists()
     ok = purify_and_save(clean=digits_setup["clean"], method="ft", out=digits_setup["tmp"] / "fine",
-                         model_dir=digits_setup["model_dir"], options={"epochs": 1}, device="cpu", log=None)
+                         model_dir=digits_setup["model_dir"], options={"epochs": 1}, device="cpu", log=None, residual=False)
     assert not ok["ca_check"]["collapsed"]

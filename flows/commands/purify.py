@@ -15,7 +15,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", help="architecture of --state-dict (small_cnn, preact_resnet18, ...)")
     p.add_argument("--state-dict", help=".safetensors or torch state dict that fits --arch")
     p.add_argument("--clean", required=True, help="the small clean set")
-    p.add_argument("--method", required=True, help="sau, npd, ftsam, tsbd, awm, ft, fp, nc, strip")
+    p.add_argument("--method", required=True,
+                   help="sau, npd, ftsam, tsbd, awm, ft, fp, nc, strip, or auto (nc, npd, sau in turn until the "
+                        "residual estimate finds no backdoor; --set sequence=... and --set npd.epochs=...)")
     p.add_argument("--test", help="test set for CA (and ASR / RA / DER with --trigger)")
     p.add_argument("--trigger", help="trigger.json written by `vetset poison`")
     p.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
@@ -33,6 +35,13 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-ca-drop", type=float, default=0.10,
                    help="refuse to save when the held-out clean accuracy falls by more than this (0.10)")
     g.add_argument("--force", action="store_true", help="save even when the clean accuracy collapsed")
+    g.add_argument("--no-residual", action="store_true",
+                   help="skip the trigger-free residual-backdoor estimate before and after (Neural Cleanse's "
+                        "reversal per class; --method auto needs it)")
+    g.add_argument("--residual-rows", type=int, default=200,
+                   help="class-balanced clean rows the residual estimate reverses triggers on (200)")
+    g.add_argument("--residual-steps", type=int, default=300,
+                   help="Adam steps per class of the residual estimate's trigger reversal (300)")
 
 
 def _options(pairs: list[str]) -> dict:
@@ -58,9 +67,18 @@ def cmd_purify(args: argparse.Namespace) -> int:
                           clean=args.clean, method=args.method, out=args.out, test=args.test, trigger=args.trigger,
                           options=_options(args.set), n_clean=args.n_clean, device=args.device, seed=args.seed,
                           min_rows_per_class=args.min_rows_per_class, allow_missing_classes=args.allow_missing_classes,
-                          holdout=args.holdout, max_ca_drop=args.max_ca_drop, force=args.force)
-    PURIFIERS.get(params.method)
-    make_config(params.method, params.options)
+                          holdout=args.holdout, max_ca_drop=args.max_ca_drop, force=args.force,
+                          residual=not args.no_residual, residual_rows=args.residual_rows,
+                          residual_steps=args.residual_steps)
+    if params.method == "auto":
+        from trainers.purify.run import auto_config
+
+        auto_config(params.options)
+        if not params.residual:
+            raise VetsetError("--method auto stops on the residual-backdoor estimate; drop --no-residual")
+    else:
+        PURIFIERS.get(params.method)
+        make_config(params.method, params.options)
     validate_source(params.clean)
     if params.test:
         validate_source(params.test)
@@ -86,6 +104,12 @@ def cmd_purify(args: argparse.Namespace) -> int:
     for key in ("clean_acc", "asr", "ra", "der", "strip_frr", "strip_far"):
         if metrics.get(key) is not None:
             print(f"{key}: {metrics[key]:.4f}")
+    if metrics.get("residual"):
+        print(metrics["residual"]["summary"])
+        if metrics["residual"]["warning"]:
+            print(f"WARNING: {metrics['residual']['warning']}")
+    if metrics.get("purification", {}).get("chosen"):
+        print(f"auto kept: {metrics['purification']['chosen']}")
     if "backdoor_detected" in metrics:
         print(f"backdoor_detected: {metrics['backdoor_detected']} target_class: {metrics['target_class']}")
     print(f"model: {params.out}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +18,7 @@ from ..evaluate import der, evaluate, load_trigger, resolve_trigger
 from ..models import CIFAR10_MEAN, CIFAR10_STD, ImageClassifier, build_model
 from ..saved import load_model, read_config, save_model
 from .base import PURIFIERS, make_config, purify
+from .residual import ResidualConfig, describe, residual_estimate
 from .strip import StripWrapper, to_nchw
 
 METRICS_FILE = "metrics.json"
@@ -193,7 +195,7 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
                     n_clean: int | None = None, device: Any = "auto", seed: int = 0,
                     log: Callable[[str], Any] | None = print, min_rows_per_class: int = 5,
                     allow_missing_classes: bool = False, holdout: float = 0.1, max_ca_drop: float = 0.10,
-                    force: bool = False) -> dict:
+                    force: bool = False, residual: bool | ResidualConfig = True) -> dict:
     """Validate everything, purify, evaluate before/after (CA; ASR, RA, DER with a trigger),
     save the model directory (``out``; skipped when None) with metrics.json and report.md.
 
@@ -201,10 +203,19 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
     stratified) is kept out of purification and used to measure clean accuracy before and
     after; when it falls by more than ``max_ca_drop`` (10 points), or one class takes 90% of
     the held-out predictions, nothing is saved and a one-line error says so, unless
-    ``force`` (the metrics record ``ca_check``)."""
-    if method not in PURIFIERS:
-        PURIFIERS.get(method)  # one-line error naming the known methods
-    cfg = make_config(method, options)
+    ``force`` (the metrics record ``ca_check``).
+
+    ``residual`` (on by default; a :class:`ResidualConfig` to change it, False to skip):
+    the trigger-free residual-backdoor estimate (purify/residual.py) on the model before and
+    after, in ``metrics["residual"]`` with a warning when the evidence remains."""
+    if method == AUTO:
+        cfg = auto_config(options)
+        if not residual:
+            raise VetsetError("--method auto stops on the residual-backdoor estimate; it cannot run without it")
+    else:
+        if method not in PURIFIERS:
+            PURIFIERS.get(method)  # one-line error naming the known methods
+        cfg = make_config(method, options)
     if len(clean) == 0 or not (~clean.unreadable).any():
         raise VetsetError("the clean set is empty")
     model, meta = load_user_model(model_dir, arch=arch, state_dict=state_dict, num_classes=clean.num_classes,
@@ -233,8 +244,17 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
     if test is not None:
         metrics["before"] = evaluate(model, test, trigger_spec, device=device)
     held_before = held_out_accuracy(model, held, device) if held is not None and len(held) else None
-    purified, info = purify(method, model, clean, cfg, device=device, seed=seed,
-                            log=(lambda m: log(m)) if log else None)
+    res_cfg = residual if isinstance(residual, ResidualConfig) else (ResidualConfig() if residual else None)
+    res_before = residual_estimate(model, clean, res_cfg, device=device, seed=seed) if res_cfg else None
+    if res_before is not None and log:
+        log(f"residual estimate before {method}: backdoor evidence {describe(res_before)}")
+    if method == AUTO:
+        purified, info = purify_auto(model, clean, cfg, held=held, held_before=held_before, res_before=res_before,
+                                     res_cfg=res_cfg, max_ca_drop=max_ca_drop, device=device, seed=seed, log=log)
+    else:
+        purified, info = purify(method, model, clean, cfg, device=device, seed=seed,
+                                log=(lambda m: log(m)) if log else None)
+    res_after = info.pop("residual_after", None)
     if held_before is not None:
         held_after = held_out_accuracy(purified, held, device)
         drop = held_before["clean_acc"] - held_after["clean_acc"]
@@ -260,6 +280,14 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
             metrics["der"] = der(after["clean_acc"], after["asr"], b["clean_acc"], b["asr"])
         if isinstance(purified, StripWrapper):
             metrics.update(strip_rates(purified, test, trigger_spec))
+    if res_cfg is not None:
+        if res_after is None:
+            res_after = residual_estimate(purified, clean, res_cfg, device=device, seed=seed)
+        metrics["residual"] = residual_summary(res_before, res_after)
+        if log:
+            log(f"residual estimate after {method}: backdoor evidence {describe(res_after)}")
+            if metrics["residual"]["warning"]:
+                log(f"WARNING: {metrics['residual']['warning']}")
     if method == "nc":
         metrics["backdoor_detected"] = info["backdoored"]
         metrics["target_class"] = info["target_class"]
@@ -273,6 +301,115 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
         atomic_write_json(_jsonable(metrics), out / METRICS_FILE)
         atomic_write_text(report_markdown(metrics), out / REPORT_FILE)
     return _jsonable(metrics)
+
+
+AUTO = "auto"
+
+
+@dataclass
+class AutoConfig:
+    """``--method auto``: the methods to try, cheapest first, each on the input model; the
+    first whose purified model shows no residual-backdoor evidence and keeps the held-out
+    clean accuracy within ``max_ca_drop`` is kept. NC is skipped when the input model shows
+    no evidence (it would unlearn nothing). ``options`` maps a method to its option overrides
+    (``--set npd.epochs=5``)."""
+
+    sequence: tuple[str, ...] = ("nc", "npd", "sau")
+    options: dict = field(default_factory=dict)
+
+
+def auto_config(options: dict | None) -> AutoConfig:
+    """AutoConfig from flat options: ``sequence`` (a list or "nc,npd,sau") and
+    ``METHOD.OPTION`` keys; every name is checked against the registry and the method's Config."""
+    options = dict(options or {})
+    seq = options.pop("sequence", AutoConfig.sequence)
+    if isinstance(seq, str):
+        seq = [part.strip() for part in seq.split(",") if part.strip()]
+    if not isinstance(seq, (list, tuple)) or not seq:
+        raise VetsetError("auto: sequence wants a list of methods, e.g. sequence=nc,npd,sau")
+    seq = tuple(str(m) for m in seq)
+    for m in seq:
+        if m == AUTO or m == "strip":
+            raise VetsetError(f"auto: {m!r} cannot be a step (it does not change the model's weights)")
+        PURIFIERS.get(m)
+    per: dict[str, dict] = {}
+    for key, value in options.items():
+        name, dot, opt = str(key).partition(".")
+        if not dot or name not in seq:
+            raise VetsetError(f"auto: option {key!r} is not METHOD.OPTION for a method of the sequence "
+                              f"({', '.join(seq)})")
+        per.setdefault(name, {})[opt] = value
+    for name, opts in per.items():
+        make_config(name, opts)  # unknown options are a one-line error now, not after the first step
+    return AutoConfig(sequence=seq, options=per)
+
+
+def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, held, held_before, res_before, res_cfg,
+                max_ca_drop: float, device, seed: int, log) -> tuple[torch.nn.Module, dict]:
+    """Try ``cfg.sequence`` on copies of ``model``; keep the first step that passes (no residual
+    evidence, held-out CA drop within ``max_ca_drop``), else the passing-CA step whose smallest
+    reversed mask looks least like a trigger. Every step is recorded in ``info["steps"]``."""
+    import copy
+    import time
+
+    t0 = time.perf_counter()
+    seq = [m for m in cfg.sequence if not (m == "nc" and res_before is not None and not res_before["evidence"])]
+    if not seq:
+        raise VetsetError("auto: no method left to try (the sequence held only nc, and the model shows no "
+                          "patch-like backdoor for it to unlearn)")
+    steps, tried = [], []
+    for name in seq:
+        mcfg = make_config(name, cfg.options.get(name))
+        purified, info = purify(name, copy.deepcopy(model), clean, mcfg, device=device, seed=seed,
+                                log=(lambda m: log(m)) if log else None)
+        res = residual_estimate(purified, clean, res_cfg, device=device, seed=seed)
+        step = {"method": name, "seconds": info["seconds"] + res["seconds"], "residual_evidence": res["evidence"],
+                "smallest_to_next_l1": res["smallest_to_next_l1"]}
+        ca_ok = True
+        if held_before is not None:
+            after = held_out_accuracy(purified, held, device)
+            step.update(held_out_ca=after["clean_acc"], ca_drop=held_before["clean_acc"] - after["clean_acc"])
+            ca_ok = step["ca_drop"] <= max_ca_drop and after["top_class_share"] < 0.9
+        step["passed"] = bool(ca_ok and not res["evidence"])
+        steps.append(step)
+        tried.append((purified, info, res, ca_ok))
+        if log:
+            log(f"auto: {name}: residual evidence {describe(res)}"
+                + (f", held-out CA drop {step['ca_drop']:+.3f}" if "ca_drop" in step else "")
+                + (" -> kept" if step["passed"] else " -> next"))
+        if step["passed"]:
+            break
+    passing = [i for i, step in enumerate(steps) if step["passed"]]
+    if passing:
+        pick = passing[0]
+    else:
+        ca_ok = [i for i, t in enumerate(tried) if t[3]] or list(range(len(tried)))
+        pick = max(ca_ok, key=lambda i: steps[i]["smallest_to_next_l1"])
+    purified, info, res, _ = tried[pick]
+    out = {k: v for k, v in info.items() if k not in ("method", "config", "seconds", "n_clean")}
+    out.update(steps=steps, chosen=steps[pick]["method"], chosen_config=info["config"],
+               passed=bool(steps[pick]["passed"]), residual_after=res, seconds=time.perf_counter() - t0,
+               config={"sequence": list(cfg.sequence), "options": cfg.options})
+    if res_before is not None and not res_before["evidence"]:
+        out["note"] = ("the input model shows no patch-like backdoor, so nc was skipped and the first method "
+                       "within the clean-accuracy rule was kept; the estimate cannot confirm a blend- or "
+                       "warp-style backdoor's removal")
+    return purified, out
+
+
+def residual_summary(before: dict | None, after: dict) -> dict:
+    """The before / after estimates, one sentence, and a warning when evidence remains."""
+    sentence = f"backdoor evidence before: {describe(before)}; after: {describe(after)}"
+    warning = None
+    if after["evidence"]:
+        warning = (f"backdoor evidence remains after purification: class {after['class_name']} is still reached by "
+                   f"a reversed mask of {after['smallest_mask_l1']:.1f} px "
+                   f"({after['smallest_to_next_l1']:.2f} of the next class's); the model is probably still backdoored")
+    elif before is not None and not before["evidence"]:
+        sentence += (" (no patch-like backdoor was found in the input model either, so this estimate cannot say "
+                     "whether a blend- or warp-style backdoor was removed)")
+    return {"before": before, "after": after, "summary": sentence, "warning": warning,
+            "still_backdoored": bool(after["evidence"])}
 
 
 def _pct(x: Any) -> str:
@@ -289,6 +426,26 @@ def report_markdown(metrics: dict) -> str:
                    else "no backdoor found")
         lines.append(f"- Neural Cleanse: {verdict} (max anomaly index {p['max_anomaly_index']:.2f}; "
                      f"threshold {p['config']['anomaly_threshold']})")
+    if metrics.get("residual"):
+        r = metrics["residual"]
+        lines.append(f"- {r['summary'][0].upper()}{r['summary'][1:]} (trigger-free estimate: "
+                     f"{r['after']['looks_for']}; {r['after']['rows']} clean rows)")
+        if r["warning"]:
+            lines.append(f"- **Warning: {r['warning']}**")
+    steps = (metrics.get("purification") or {}).get("steps")
+    if steps:
+        p = metrics["purification"]
+        lines += ["", f"Auto: kept **{p['chosen']}**" + ("" if p["passed"] else
+                                                         " (no step passed; the least trigger-like was kept)"), "",
+                  "| step | residual evidence | smallest / next mask | held-out CA drop | seconds | kept |",
+                  "|---|---|---|---|---|---|"]
+        for st in steps:
+            drop = f"{st['ca_drop']:+.3f}" if "ca_drop" in st else "n/a"
+            lines.append(f"| {st['method']} | {'yes' if st['residual_evidence'] else 'no'} | "
+                         f"{st['smallest_to_next_l1']:.2f} | {drop} | {st['seconds']:.1f} | "
+                         f"{'yes' if st['method'] == p['chosen'] else ''} |")
+        if p.get("note"):
+            lines.append(f"\n{p['note']}")
     if "before" in metrics:
         b, a = metrics["before"], metrics["after"]
         lines += ["", "| | CA | ASR | RA |", "|---|---|---|---|",

@@ -1,0 +1,142 @@
+"""Does the trigger-free residual-backdoor estimate (trainers/purify/residual.py) agree with
+the true ASR? For each attack and seed: train a model on poisoned data, estimate before, run
+each purification method, estimate after, and hold every estimate against the ASR measured
+with the attack's own trigger: "still backdoored" should be said when ASR > 20% and "none"
+when ASR < 5% (ASR in between is not scored). A clean model (no attack) is scored too.
+
+Digits (default; the small CNN, 8 epochs, 200 clean rows, 300 test rows; ~1 min a cell on one
+thread):
+
+    python benchmarks/residual.py --threads 1 --out /tmp/residual_digits.json
+
+CIFAR-10 slice (--data DIR with train.parquet and test.parquet, --rows N; 500 clean rows,
+2,000 test rows, the small CNN without crop / flip for 10 epochs as benchmarks/purify.py):
+
+    python benchmarks/residual.py --data ../shared/data/cifar10 --rows 6000 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.simulate import SimulationSpec, simulate  # noqa: E402
+from trainers import build_model, evaluate, fit, preset  # noqa: E402
+from trainers.purify import purify  # noqa: E402
+from trainers.purify.residual import ResidualConfig, residual_estimate  # noqa: E402
+from trainers.purify.run import balanced_subset  # noqa: E402
+from trainers.train import channel_stats  # noqa: E402
+
+# short schedules that fit a CPU minute on digits (the test file's), or the purify benchmark's
+DIGITS_OPTIONS = {
+    "ft": {"epochs": 2},
+    "nc": {"reverse_epochs": 30, "reverse_rows": 50, "reverse_batch_size": 10, "epochs": 6},
+    "npd": {"warmup_epochs": 0, "epochs": 10, "batch_size": 25},
+    "sau": {"epochs": 10, "lr": 3e-4},
+    "ftsam": {"epochs": 8},
+    "tsbd": {"unlearn_lr": 1e-3, "unlearn_max_epochs": 60, "epochs": 12, "sweep": [0.3]},
+}
+
+
+def agreement(asr: float | None, evidence: bool) -> str:
+    if asr is None:
+        return "clean model: " + ("wrong" if evidence else "right")
+    if asr > 0.2:
+        return "right" if evidence else "wrong"
+    if asr < 0.05:
+        return "wrong" if evidence else "right"
+    return "n/a"
+
+
+def load_data(args):
+    if args.data is None:
+        from pipelines.embedded import load_digits_rgb
+
+        ds = load_digits_rgb()
+        perm = np.random.default_rng(0).permutation(len(ds))
+        return ds.subset(perm[500:]), ds.subset(perm[:300]), ds.subset(perm[300:500]), DIGITS_OPTIONS, 8
+    from pipelines.loaders import load_dataset
+
+    train = load_dataset(Path(args.data) / "train.parquet")
+    test = load_dataset(Path(args.data) / "test.parquet")
+    from pipelines.slices import spread_indices
+
+    picks = spread_indices(len(train), args.rows)
+    pool = train.subset(picks)
+    rest = np.setdiff1d(np.arange(len(train)), picks)
+    clean = balanced_subset(train.subset(rest), 500, 0)
+    test = test.subset(np.arange(0, len(test), max(1, len(test) // 2000)))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from purify import CPU_OPTIONS  # benchmarks/purify.py's CPU schedules
+
+    return pool, test, clean, CPU_OPTIONS, 10
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=None, help="folder with train.parquet / test.parquet (default: digits)")
+    p.add_argument("--rows", type=int, default=6000)
+    p.add_argument("--attacks", default="none,badnets,patch,blended,sig")
+    p.add_argument("--methods", default="ft,nc,npd,sau")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--rate", type=float, default=0.1)
+    p.add_argument("--residual-rows", type=int, default=ResidualConfig.rows)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train, test, clean, options, epochs = load_data(args)
+    rcfg = ResidualConfig(rows=args.residual_rows)
+    results = []
+    header = f"{'attack':9} {'seed':>4} {'model':7} {'CA':>6} {'ASR':>6} {'evidence':>8} {'gap':>5} {'s':>5}  agrees"
+    print(header, flush=True)
+
+    def record(attack, seed, name, model, trigger):
+        ev = evaluate(model, test, trigger)
+        est = residual_estimate(model, clean, rcfg, device="cpu", seed=seed)
+        asr = ev.get("asr") if trigger is not None else None
+        row = {"attack": attack, "seed": seed, "model": name, "clean_acc": ev["clean_acc"], "asr": asr,
+               "evidence": est["evidence"], "class": est["class"], "gap": est["smallest_to_next_l1"],
+               "anomaly_index": est["anomaly_index"], "seconds": est["seconds"], "agrees": agreement(asr, est["evidence"])}
+        results.append(row)
+        print(f"{attack:9} {seed:>4} {name:7} {ev['clean_acc']:6.3f} {'-' if asr is None else f'{asr:6.3f}':>6} "
+              f"{str(est['evidence']):>8} {row['gap']:5.2f} {est['seconds']:5.0f}  {row['agrees']}", flush=True)
+
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for attack in args.attacks.split(","):
+            if attack == "none":
+                data, trigger = train, None
+            else:
+                sim = simulate(train, SimulationSpec(attack=attack, poison_rate=args.rate, seed=seed))
+                data, trigger = sim.dataset, sim.trigger
+            mean, std = channel_stats(data.images)
+            model = build_model("small_cnn", data.num_classes, data.image_size, mean, std, seed=seed, width=12)
+            fit(model, data.images, data.labels, preset("cpu_small", epochs=epochs, device="cpu", seed=seed,
+                                                        augment={"crop": False, "flip": False}))
+            record(attack, seed, "input", model, trigger)
+            if trigger is None:
+                continue
+            for method in args.methods.split(","):
+                purified, _ = purify(method, copy.deepcopy(model), clean, dict(options.get(method, {})),
+                                     device="cpu", seed=seed)
+                record(attack, seed, method, purified, trigger)
+    scored = [r for r in results if r["agrees"] in ("right", "wrong") or r["agrees"].startswith("clean")]
+    right = sum(r["agrees"].endswith("right") for r in scored)
+    print(f"\nagreement: {right} of {len(scored)} scored models (ASR between 5% and 20%: not scored, "
+          f"{len(results) - len(scored)})")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "results": results, "time": time.time()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
