@@ -145,13 +145,17 @@ def test_residual_estimate_reads_the_backdoor_before_and_after_and_auto_stops_on
     from trainers.purify.residual import ResidualConfig
     from trainers.purify.run import purify_and_save
 
-    # 40 rows, 120 steps of 10 per class: the NC test's schedule, a little shorter
+    # 40 rows, 120 steps of 10 per class: the NC test's schedule, a little shorter. Measured over
+    # model seeds 0-3 and 1 / 2 threads: evidence before at 0.05-0.16 (smallest mask / next),
+    # NC kept at 0.55-0.99 after with true ASR 0.02-0.09; 2 epochs of fine-tuning left
+    # 0.05-0.19 and ASR 0.86-0.91. NC's held-out CA drop reached 0.10 (2 of 20 rows) once, at
+    # the default max_ca_drop: the 20 held-out rows count in steps of 5 points, hence 0.25 here
     rc = ResidualConfig(rows=40, steps_per_class=120, batch_size=10)
     nc = {"nc.reverse_epochs": 30, "nc.reverse_rows": 50, "nc.reverse_batch_size": 10, "nc.epochs": 6}
     out = digits_setup["tmp"] / "auto"
     m = purify_and_save(clean=digits_setup["clean"], method="auto", out=out, model_dir=digits_setup["model_dir"],
                         test=digits_setup["test"], trigger=digits_setup["trigger"], options=nc, device="cpu",
-                        log=None, residual=rc)
+                        log=None, residual=rc, max_ca_drop=0.25)
     r, p = m["residual"], m["purification"]
     assert r["before"]["evidence"] and r["before"]["class"] == 0, r["before"]
     assert p["steps"][0]["method"] == "nc", p["steps"]
