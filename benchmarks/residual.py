@@ -55,6 +55,27 @@ def agreement(asr: float | None, evidence: bool) -> str:
     return "n/a"
 
 
+def run_auto(model, clean, test, trigger, options, rcfg, seed):
+    """``--method auto`` as the CLI runs it (10% of the clean rows held out for the CA rule),
+    with the benchmark's schedules for its steps; prints the steps."""
+    import tempfile
+
+    from trainers import load_model, save_model
+    from trainers.purify.run import purify_and_save
+
+    tmp = Path(tempfile.mkdtemp(prefix="residual-auto-"))
+    src = save_model(model, tmp / "in", arch="small_cnn", num_classes=clean.num_classes,
+                     class_names=list(clean.class_names), input_size=clean.image_size,
+                     mean=model.norm.mean.flatten().tolist(), std=model.norm.std.flatten().tolist(),
+                     arch_kwargs={"width": 12})
+    opts = {f"{m}.{k}": v for m in ("nc", "npd", "sau") for k, v in options.get(m, {}).items()}
+    m = purify_and_save(clean=clean, method="auto", out=tmp / "out", model_dir=src, test=test, trigger=trigger,
+                        options=opts, device="cpu", seed=seed, log=None, residual=rcfg)
+    steps = ", ".join(f"{s['method']}{'+' if s['passed'] else '-'}" for s in m["purification"]["steps"])
+    print(f"    auto steps: {steps}; kept {m['purification']['chosen']}", flush=True)
+    return load_model(tmp / "out")
+
+
 def load_data(args):
     if args.data is None:
         from pipelines.embedded import load_digits_rgb
@@ -88,6 +109,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--rate", type=float, default=0.1)
     p.add_argument("--residual-rows", type=int, default=ResidualConfig.rows)
+    p.add_argument("--residual-steps", type=int, default=ResidualConfig.steps_per_class)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -96,7 +118,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     train, test, clean, options, epochs = load_data(args)
-    rcfg = ResidualConfig(rows=args.residual_rows)
+    rcfg = ResidualConfig(rows=args.residual_rows, steps_per_class=args.residual_steps)
     results = []
     header = f"{'attack':9} {'seed':>4} {'model':7} {'CA':>6} {'ASR':>6} {'evidence':>8} {'gap':>5} {'s':>5}  agrees"
     print(header, flush=True)
@@ -107,7 +129,8 @@ def main() -> None:
         asr = ev.get("asr") if trigger is not None else None
         row = {"attack": attack, "seed": seed, "model": name, "clean_acc": ev["clean_acc"], "asr": asr,
                "evidence": est["evidence"], "class": est["class"], "gap": est["smallest_to_next_l1"],
-               "anomaly_index": est["anomaly_index"], "seconds": est["seconds"], "agrees": agreement(asr, est["evidence"])}
+               "anomaly_index": est["anomaly_index"], "seconds": est["seconds"],
+               "agrees": agreement(asr, est["evidence"])}
         results.append(row)
         print(f"{attack:9} {seed:>4} {name:7} {ev['clean_acc']:6.3f} {'-' if asr is None else f'{asr:6.3f}':>6} "
               f"{str(est['evidence']):>8} {row['gap']:5.2f} {est['seconds']:5.0f}  {row['agrees']}", flush=True)
@@ -127,8 +150,11 @@ def main() -> None:
             if trigger is None:
                 continue
             for method in args.methods.split(","):
-                purified, _ = purify(method, copy.deepcopy(model), clean, dict(options.get(method, {})),
-                                     device="cpu", seed=seed)
+                if method == "auto":
+                    purified = run_auto(model, clean, test, trigger, options, rcfg, seed)
+                else:
+                    purified, _ = purify(method, copy.deepcopy(model), clean, dict(options.get(method, {})),
+                                         device="cpu", seed=seed)
                 record(attack, seed, method, purified, trigger)
     scored = [r for r in results if r["agrees"] in ("right", "wrong") or r["agrees"].startswith("clean")]
     right = sum(r["agrees"].endswith("right") for r in scored)

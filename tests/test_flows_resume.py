@@ -19,6 +19,15 @@ def _cmd(data, out, cache):
             "--out", str(out)]
 
 
+
+def _wait_for_shards(proc, cache, ended: str, n: int = 3, timeout: float = 240) -> None:
+    """Until the running audit ``proc`` has written ``n`` shards to ``cache``."""
+    deadline = time.time() + timeout
+    while len(list(cache.glob("rows/*/*.parquet"))) < n:
+        assert proc.poll() is None, ended
+        assert time.time() < deadline, "no shards written in time"
+        time.sleep(0.2)
+
 def test_kill_9_then_resume_scores_only_unfinished_shards(poisoned_cifar, prefect_server, tmp_path):
     pq.write_table(pq.read_table(poisoned_cifar["data"]).slice(0, 200), tmp_path / "d.parquet")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -27,11 +36,7 @@ def test_kill_9_then_resume_scores_only_unfinished_shards(poisoned_cifar, prefec
     cache = tmp_path / "cache"
     proc = subprocess.Popen(_cmd(tmp_path / "d.parquet", tmp_path / "run1", cache), env=env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while len(list(cache.glob("rows/*/*.parquet"))) < 3:
-        assert proc.poll() is None, "the audit ended before it could be killed"
-        assert time.time() < deadline, "no shards written in time"
-        time.sleep(0.2)
+    _wait_for_shards(proc, cache, "the audit ended before it could be killed")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = pd.concat([pd.read_parquet(f) for f in cache.glob("rows/*/*.parquet")])
@@ -65,11 +70,7 @@ def test_server_killed_mid_audit_fails_in_one_line_and_the_rerun_resumes(poisone
     try:
         proc = subprocess.Popen(_cmd(tmp_path / "d.parquet", tmp_path / "run1", cache), env=env, cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 240
-        while len(list(cache.glob("rows/*/*.parquet"))) < 3:
-            assert proc.poll() is None, "the audit ended before the server could be killed"
-            assert time.time() < deadline, "no shards written in time"
-            time.sleep(0.2)
+        _wait_for_shards(proc, cache, "the audit ended before the server could be killed")
         os.kill(server.pid, signal.SIGKILL)
         server.wait()
         _, stderr = proc.communicate(timeout=300)

@@ -310,5 +310,6 @@ def test_a_purification_that_collapses_clean_accuracy_is_not_saved(digits_setup)
     assert check["collapsed"] and check["forced"] and check["held_out_rows"] == 20 and check["drop"] > 0.1
     assert (out / "model.safetensors").exists()
     ok = purify_and_save(clean=digits_setup["clean"], method="ft", out=digits_setup["tmp"] / "fine",
-                         model_dir=digits_setup["model_dir"], options={"epochs": 1}, device="cpu", log=None, residual=False)
+                         model_dir=digits_setup["model_dir"], options={"epochs": 1}, device="cpu", log=None,
+                         residual=False)
     assert not ok["ca_check"]["collapsed"]

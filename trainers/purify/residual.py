@@ -46,18 +46,6 @@ class ResidualConfig:
     gap_threshold: float = 0.4
 
 
-def _balanced_rows(clean: ImageDataset, n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng([seed, 91])
-    readable = np.flatnonzero(~clean.unreadable)
-    per_class = [rng.permutation(readable[clean.labels[readable] == k]) for k in range(clean.num_classes)]
-    picks: list[int] = []
-    depth = 0
-    while len(picks) < n and any(depth < len(p) for p in per_class):
-        picks += [int(p[depth]) for p in per_class if depth < len(p)]
-        depth += 1
-    return np.sort(np.asarray(picks[:n], dtype=np.int64))
-
-
 def residual_estimate(model: nn.Module, clean: ImageDataset, cfg: ResidualConfig | None = None, *,
                       device="cpu", seed: int = 0) -> dict:
     """Reverse a trigger per class on ``cfg.rows`` clean rows of ``model`` (its weights are
@@ -67,16 +55,19 @@ def residual_estimate(model: nn.Module, clean: ImageDataset, cfg: ResidualConfig
     cfg = cfg or ResidualConfig()
     device = resolve_device(device)
     start = time.time()
-    rows = _balanced_rows(clean, cfg.rows, seed)
-    batch = max(2, min(cfg.batch_size, len(rows)))
-    per_pass = -(-len(rows) // batch)
-    nc_cfg = NCConfig(reverse_epochs=max(1, round(cfg.steps_per_class / per_pass)), reverse_rows=len(rows),
+    from .run import balanced_subset
+
+    picked = balanced_subset(clean, cfg.rows, seed)  # the clean rows, class by class in turn
+    images = picked.images
+    batch = max(2, min(cfg.batch_size, len(images)))
+    per_pass = -(-len(images) // batch)
+    nc_cfg = NCConfig(reverse_epochs=max(1, round(cfg.steps_per_class / per_pass)), reverse_rows=len(images),
                       reverse_batch_size=batch, reverse_lr=cfg.reverse_lr,
                       success_threshold=cfg.success_threshold)
     was_training = model.training
     model.eval()
     try:
-        found = detect(model, clean.images[rows], clean.num_classes, nc_cfg, device, seed)
+        found = detect(model, images, clean.num_classes, nc_cfg, device, seed)
     finally:
         model.train(was_training)
     l1 = np.asarray(found["mask_l1"])
@@ -91,7 +82,8 @@ def residual_estimate(model: nn.Module, clean: ImageDataset, cfg: ResidualConfig
             "smallest_mask_l1": float(l1[k]), "smallest_to_next_l1": gap,
             "anomaly_index": float(found["anomaly_index"][k]), "nc_published_call": bool(found["backdoored"]),
             "reversal_reached": reached, "mask_l1": [float(v) for v in l1],
-            "rows": int(len(rows)), "steps_per_class": nc_cfg.reverse_epochs * per_pass, "gap_threshold": cfg.gap_threshold, "seconds": time.time() - start,
+            "rows": int(len(images)), "steps_per_class": nc_cfg.reverse_epochs * per_pass,
+            "gap_threshold": cfg.gap_threshold, "seconds": time.time() - start,
             "looks_for": "patch-like triggers (a small input mask that sends clean images to one class)"}
 
 
