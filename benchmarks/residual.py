@@ -128,8 +128,8 @@ def main() -> None:
         est = residual_estimate(model, clean, rcfg, device="cpu", seed=seed)
         asr = ev.get("asr") if trigger is not None else None
         row = {"attack": attack, "seed": seed, "model": name, "clean_acc": ev["clean_acc"], "asr": asr,
-               "evidence": est["evidence"], "class": est["class"], "gap": est["smallest_to_next_l1"],
-               "anomaly_index": est["anomaly_index"], "seconds": est["seconds"],
+               "evidence": est["evidence"], "class": est["class"], "gap": est["smallest_to_median_l1"], "to_next": est["smallest_to_next_l1"],
+               "anomaly_index": est["anomaly_index"], "seconds": est["seconds"], "mask_l1": est["mask_l1"],
                "agrees": agreement(asr, est["evidence"])}
         results.append(row)
         print(f"{attack:9} {seed:>4} {name:7} {ev['clean_acc']:6.3f} {'-' if asr is None else f'{asr:6.3f}':>6} "
@@ -151,7 +151,15 @@ def main() -> None:
                 continue
             for method in args.methods.split(","):
                 if method == "auto":
-                    purified = run_auto(model, clean, test, trigger, options, rcfg, seed)
+                    from pipelines.errors import VetsetError
+
+                    try:
+                        purified = run_auto(model, clean, test, trigger, options, rcfg, seed)
+                    except VetsetError as exc:  # every step broke the clean-accuracy rule: refused
+                        print(f"    auto refused: {exc}", flush=True)
+                        results.append({"attack": attack, "seed": seed, "model": "auto", "refused": str(exc),
+                                        "agrees": "n/a"})
+                        continue
                 else:
                     purified, _ = purify(method, copy.deepcopy(model), clean, dict(options.get(method, {})),
                                          device="cpu", seed=seed)

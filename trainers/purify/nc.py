@@ -40,10 +40,10 @@ class NCConfig:
     cost_multiplier: float = 1.5
     success_threshold: float = 0.99
     anomaly_threshold: float = 2.0
-    # also flag the smallest mask when it is at most this share of the next smallest (0: the
-    # published MAD rule alone). Added here: on digits the MAD rule missed 2 of 4 backdoored
-    # small CNNs (ratio 0.06-0.17, clean models 0.67-0.94; purify/residual.py uses the same cut)
-    smallest_to_next_threshold: float = 0.4
+    # also flag the smallest mask when it is at most this share of the median of the other
+    # classes' masks (0: the published MAD rule alone). Added here: on digits the MAD rule
+    # missed 2 of 4 backdoored small CNNs; purify/residual.py uses the same statistic and cut
+    smallest_to_median_threshold: float = 0.4
     unlearn_frac: float = 0.2
     epochs: int = 20
     lr: float = 0.01
@@ -149,10 +149,12 @@ def detect(model: nn.Module, images: np.ndarray, num_classes: int, cfg: NCConfig
     # while a planted trigger's mask is several times smaller than every other class's
     ordered = np.sort(norms)
     gap = float(ordered[0] / max(ordered[1], 1e-12)) if len(ordered) > 1 else 1.0
+    # and over the median of the other classes (one other easy class does not hide it)
+    to_median = float(ordered[0] / max(float(np.median(ordered[1:])), 1e-12)) if len(ordered) > 1 else 1.0
     smallest = int(np.argmin(norms))
-    if gap <= cfg.smallest_to_next_threshold and succeeded[smallest] and smallest not in flagged:
+    if to_median <= cfg.smallest_to_median_threshold and succeeded[smallest] and smallest not in flagged:
         flagged.insert(0, smallest)
-    return {"smallest_to_next_l1": gap, "triggers": triggers, "mask_l1": norms.tolist(), "anomaly_index": index.tolist(),
+    return {"smallest_to_next_l1": gap, "smallest_to_median_l1": to_median, "triggers": triggers, "mask_l1": norms.tolist(), "anomaly_index": index.tolist(),
             "reverse_success": [float(t["success"]) for t in triggers],
             "reverse_reached": [bool(t["reached"]) for t in triggers],
             "flagged_classes": flagged, "backdoored": bool(flagged),

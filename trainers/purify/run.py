@@ -364,7 +364,7 @@ def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, held, held_befor
                                 log=(lambda m: log(m)) if log else None)
         res = residual_estimate(purified, clean, res_cfg, device=device, seed=seed)
         step = {"method": name, "seconds": info["seconds"] + res["seconds"], "residual_evidence": res["evidence"],
-                "smallest_to_next_l1": res["smallest_to_next_l1"]}
+                "smallest_to_median_l1": res["smallest_to_median_l1"]}
         ca_ok = True
         if held_before is not None:
             after = held_out_accuracy(purified, held, device)
@@ -384,7 +384,7 @@ def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, held, held_befor
         pick = passing[0]
     else:
         ca_ok = [i for i, t in enumerate(tried) if t[3]] or list(range(len(tried)))
-        pick = max(ca_ok, key=lambda i: steps[i]["smallest_to_next_l1"])
+        pick = max(ca_ok, key=lambda i: steps[i]["smallest_to_median_l1"])
     purified, info, res, _ = tried[pick]
     out = {k: v for k, v in info.items() if k not in ("method", "config", "seconds", "n_clean")}
     out.update(steps=steps, chosen=steps[pick]["method"], chosen_config=info["config"],
@@ -404,7 +404,7 @@ def residual_summary(before: dict | None, after: dict) -> dict:
     if after["evidence"]:
         warning = (f"backdoor evidence remains after purification: class {after['class_name']} is still reached by "
                    f"a reversed mask of {after['smallest_mask_l1']:.1f} px "
-                   f"({after['smallest_to_next_l1']:.2f} of the next class's); the model is probably still backdoored")
+                   f"({after['smallest_to_median_l1']:.2f} of the other classes' median); the model is probably still backdoored")
     elif before is not None and not before["evidence"]:
         sentence += (" (no patch-like backdoor was found in the input model either, so this estimate cannot say "
                      "whether a blend- or warp-style backdoor was removed)")
@@ -437,12 +437,12 @@ def report_markdown(metrics: dict) -> str:
         p = metrics["purification"]
         lines += ["", f"Auto: kept **{p['chosen']}**" + ("" if p["passed"] else
                                                          " (no step passed; the least trigger-like was kept)"), "",
-                  "| step | residual evidence | smallest / next mask | held-out CA drop | seconds | kept |",
+                  "| step | residual evidence | smallest mask / median | held-out CA drop | seconds | kept |",
                   "|---|---|---|---|---|---|"]
         for st in steps:
             drop = f"{st['ca_drop']:+.3f}" if "ca_drop" in st else "n/a"
             lines.append(f"| {st['method']} | {'yes' if st['residual_evidence'] else 'no'} | "
-                         f"{st['smallest_to_next_l1']:.2f} | {drop} | {st['seconds']:.1f} | "
+                         f"{st['smallest_to_median_l1']:.2f} | {drop} | {st['seconds']:.1f} | "
                          f"{'yes' if st['method'] == p['chosen'] else ''} |")
         if p.get("note"):
             lines.append(f"\n{p['note']}")
