@@ -156,6 +156,13 @@ def held_out_accuracy(model: torch.nn.Module, held: ImageDataset, device: Any) -
     return {"clean_acc": float((pred == held.labels).mean()), "top_class_share": float(top), "rows": int(len(pred))}
 
 
+def ca_collapsed(before: dict, after: dict, held: ImageDataset, max_drop: float) -> bool:
+    """True when the held-out clean accuracy fell by more than ``max_drop`` or one class took
+    90% of the held-out predictions (of a held-out set with more than one label)."""
+    one_class = (after["top_class_share"] >= 0.9 and held.num_classes > 1 and len(np.unique(held.labels)) > 1)
+    return before["clean_acc"] - after["clean_acc"] > max_drop or one_class
+
+
 def strip_rates(model: StripWrapper, test: ImageDataset, trigger: Any = None, batch: int = 512) -> dict:
     """STRIP's false rejection rate on clean test rows and false acceptance rate of triggered
     non-target test rows."""
@@ -258,8 +265,7 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
     if held_before is not None:
         held_after = held_out_accuracy(purified, held, device)
         drop = held_before["clean_acc"] - held_after["clean_acc"]
-        collapsed = drop > max_ca_drop or (held_after["top_class_share"] >= 0.9 and held.num_classes > 1
-                                           and len(np.unique(held.labels)) > 1)
+        collapsed = ca_collapsed(held_before, held_after, held, max_ca_drop)
         metrics["ca_check"] = {"held_out_rows": held_after["rows"], "before": held_before["clean_acc"],
                                "after": held_after["clean_acc"], "drop": drop, "max_drop": max_ca_drop,
                                "top_class_share_after": held_after["top_class_share"], "collapsed": bool(collapsed),
@@ -369,7 +375,7 @@ def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, held, held_befor
         if held_before is not None:
             after = held_out_accuracy(purified, held, device)
             step.update(held_out_ca=after["clean_acc"], ca_drop=held_before["clean_acc"] - after["clean_acc"])
-            ca_ok = step["ca_drop"] <= max_ca_drop and after["top_class_share"] < 0.9
+            ca_ok = not ca_collapsed(held_before, after, held, max_ca_drop)
         step["passed"] = bool(ca_ok and not res["evidence"])
         steps.append(step)
         tried.append((purified, info, res, ca_ok))
@@ -404,7 +410,8 @@ def residual_summary(before: dict | None, after: dict) -> dict:
     if after["evidence"]:
         warning = (f"backdoor evidence remains after purification: class {after['class_name']} is still reached by "
                    f"a reversed mask of {after['smallest_mask_l1']:.1f} px "
-                   f"({after['smallest_to_median_l1']:.2f} of the other classes' median); the model is probably still backdoored")
+                   f"({after['smallest_to_median_l1']:.2f} of the other classes' median); "
+                   "the model is probably still backdoored")
     elif before is not None and not before["evidence"]:
         sentence += (" (no patch-like backdoor was found in the input model either, so this estimate cannot say "
                      "whether a blend- or warp-style backdoor was removed)")
