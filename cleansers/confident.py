@@ -44,6 +44,8 @@ import pandas as pd
 from pipelines.dataset import ImageDataset
 
 from .base import DETECTORS, AuditContext, Detector, DetectorResult
+from trainers.accel import is_cuda
+
 from .detection_model import ModelSpec, out_of_sample_probs, resolve_device
 from .dynamics import SIGNALS, shared_signals
 
@@ -102,7 +104,7 @@ class ConfidentLearning(Detector):
     def _folds(self, ctx: AuditContext) -> int:
         folds = self.config.folds
         if folds == "auto":
-            return 5 if resolve_device(ctx.device).type == "cuda" else 0
+            return 5 if is_cuda(resolve_device(ctx.device)) else 0
         folds = int(folds)
         if folds == 1 or folds < 0:
             raise ValueError("confident: folds must be 0 (the shared model) or >= 2")

@@ -31,6 +31,7 @@ from trainers.augment import to_float
 
 if TYPE_CHECKING:
     from trainers.loop import Checkpoint
+from trainers.accel import Never, is_cuda, switches
 from trainers.loop import TrainConfig, TrainHooks, fit, predict_logits, preset, resolve_device
 from trainers.models import build_model, penultimate_features
 
@@ -56,7 +57,7 @@ class ModelSpec:
         return cls(arch=arch, epochs=epochs, **kw)
 
     def resolve(self, device: torch.device) -> "ModelSpec":
-        cuda = device.type == "cuda"
+        cuda = is_cuda(device)
         return ModelSpec(
             arch=("preact_resnet18" if cuda else "small_cnn") if self.arch == "auto" else self.arch,
             preset=("fast" if cuda else "cpu_small") if self.preset == "auto" else self.preset,
@@ -244,8 +245,16 @@ def activation_gradients(model: nn.Module, images: np.ndarray, labels: np.ndarra
     channel, the Grad-CAM weights), with y the row's label. One forward and one backward per
     batch: the rows of a batch are independent in eval mode, so the gradient of the sum of
     the batch's label logits w.r.t. a layer's output holds every row's own gradient.
-    Returns one float32 tensor (N, C_l) per layer, on ``device``."""
-    model.eval().to(device)
+    Returns one float32 tensor (N, C_l) per layer, on ``device``.
+
+    fp32 by default (the gradients' directions are compared by cosine); bf16 autocast and
+    channels_last when forced (:mod:`trainers.accel`). Never compiled: the gradients are
+    taken with respect to intermediate activations caught by forward hooks, which a compiled
+    graph neither runs hooks for nor exposes as autograd inputs."""
+    sw = switches(device, amp=False, channels_last="auto",
+                  compile=Never("gradients w.r.t. hooked intermediate activations"))
+    model.eval()
+    sw.prepare(model)
     captured: list[torch.Tensor] = []
     handles = [m.register_forward_hook(lambda _m, _i, out: captured.append(out)) for m in layers]
     data = torch.from_numpy(np.ascontiguousarray(images))
@@ -254,11 +263,12 @@ def activation_gradients(model: nn.Module, images: np.ndarray, labels: np.ndarra
     try:
         for s in range(0, len(data), batch_size):
             captured.clear()
-            x = to_float(data[s:s + batch_size].to(device))
+            x = sw.input(to_float(data[s:s + batch_size].to(device)))
             y = y_all[s:s + batch_size].to(device)
             with torch.enable_grad():
-                logits = model(x)
-                target = logits.gather(1, y[:, None]).sum()
+                with sw.autocast():
+                    logits = model(x)
+                target = logits.float().gather(1, y[:, None]).sum()
                 grads = torch.autograd.grad(target, captured[:len(layers)])
             for j, g in enumerate(grads):
                 outs[j].append(g.float().mean(dim=(2, 3)))

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from pipelines.dataset import ImageDataset
 from pipelines.errors import VetsetError
+from trainers.accel import switches
 from trainers.augment import to_float
 
 from .base import DETECTORS, AuditContext, Detector, DetectorResult
@@ -97,18 +98,25 @@ class _Probe:
     """The model in eval mode on batches of uint8 rows, returning probabilities."""
 
     def __init__(self, model, device: torch.device, images: np.ndarray):
-        self.model = model.eval().to(device)
-        self.device = device
+        # bf16 autocast and channels_last on CUDA (or where forced); compiled where forced
+        # (one probe forward serves many occlusion batches, but compiling it costs more than
+        # it saves at the CPU's batch counts, so "auto" leaves it off)
+        self.sw = switches(device, amp="auto", channels_last="auto", compile=False)
+        self.device = self.sw.device
+        self.model = self.sw.prepare(model.eval())
+        self.net = self.sw.compiled(self.model)
         self.data = torch.from_numpy(np.ascontiguousarray(images))
-        self.amp = device.type == "cuda"
 
     def batch(self, idx: np.ndarray) -> torch.Tensor:
-        return to_float(self.data[torch.as_tensor(idx)].to(self.device))
+        return self.sw.input(to_float(self.data[torch.as_tensor(idx)].to(self.device)))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        with self.sw.autocast():
+            return self.net(x).float()
 
     @torch.no_grad()
     def probs(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self.model(x).float().softmax(1)
+        return self.logits(x).softmax(1)
 
 
 def _occlusion_drop(probe: _Probe, x: torch.Tensor, y: torch.Tensor, base: torch.Tensor, mask: torch.Tensor,
@@ -124,7 +132,7 @@ def _gradient_candidates(probe: _Probe, x: torch.Tensor, y: torch.Tensor, size: 
     """(B, k) window indices with the most input-gradient x (input - fill) saliency."""
     with torch.enable_grad():
         xg = x.clone().requires_grad_(True)
-        logp = probe.model(xg).float().log_softmax(1).gather(1, y[:, None]).sum()
+        logp = probe.logits(xg).log_softmax(1).gather(1, y[:, None]).sum()
         (grad,) = torch.autograd.grad(logp, xg)
     sal = (grad * (x - fill)).abs().sum(1, keepdim=True)
     pooled = F.avg_pool2d(sal, size, stride=1)  # every top-left corner

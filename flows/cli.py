@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None, handler: Callable[[argparse.Namespace], int] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if isinstance(getattr(args, "device", None), str):
+            # a device this machine lacks (--device cuda without CUDA) fails here, in one line,
+            # before any flow or Prefect server starts
+            from trainers.accel import resolve_device
+
+            resolve_device(args.device)
         return (handler or args.func)(args)
     except VetsetError as exc:
         print(f"vetset: error: {exc}", file=sys.stderr)

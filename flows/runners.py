@@ -63,14 +63,9 @@ def _api_url_for_local_workers(local: bool) -> Iterator[None]:
 
 
 def wants_gpu(device: str) -> bool:
-    if device == "auto":
-        try:
-            import torch
+    from trainers.accel import cuda_available, is_cuda
 
-            return bool(torch.cuda.is_available())
-        except ImportError:
-            return False
-    return device.startswith("cuda")
+    return cuda_available() if device == "auto" else is_cuda(device)
 
 
 class LazyRunner:

@@ -73,14 +73,19 @@ def test_abl_isolates_poisoned_rows_and_unlearns_the_backdoor(digits_badnets, un
     assert r["clean_acc"] > 0.5, r
 
 
-def test_pdb_defensive_backdoor_overrides_the_attack(digits_badnets, undefended, tmp_path):
+@pytest.fixture(scope="module")
+def pdb_run(digits_badnets):
+    return _run(*digits_badnets, "pdb")
+
+
+def test_pdb_defensive_backdoor_overrides_the_attack(digits_badnets, undefended, pdb_run, tmp_path):
     from trainers import load_model
     from trainers.saved import DefensiveTrigger, bare_model
     from trainers.train import run_metrics, save_run
     from trainers import preset
 
     sim, test = digits_badnets
-    model, info, r = _run(sim, test, "pdb")
+    model, info, r = pdb_run
     assert info["n_defensive"] == 120 and info["defensive_rows_per_epoch"] == 600
     print(f"pdb: CA {r['clean_acc']:.3f} ASR {r['asr']:.3f} RA {r['ra']:.3f} "
           f"(undefended CA {undefended['clean_acc']:.3f} ASR {undefended['asr']:.3f})")
@@ -105,6 +110,22 @@ def test_pdb_defensive_backdoor_overrides_the_attack(digits_badnets, undefended,
         assert torch.allclose(got, expected)
         assert torch.allclose(got, model(x), atol=1e-5)  # same weights as the trained model
         assert not torch.equal(got.argmax(1), inner.argmax(1))  # the wrapper matters
+
+
+def test_pdb_with_every_gpu_switch_forced_matches_fp32_eager(digits_badnets, undefended, pdb_run):
+    """PDB's training (its defensive rows appended to every batch, the wrapper at inference)
+    under bf16 autocast + channels_last + torch.compile: it still overrides the attack and
+    keeps the clean accuracy of the fp32 eager run."""
+    from trainers.accel import force
+
+    sim, test = digits_badnets
+    fp = pdb_run[2]
+    with force("amp", "channels_last", "compile"):
+        _, info, fo = _run(sim, test, "pdb")
+    print(f"pdb fp32: CA {fp['clean_acc']:.3f} ASR {fp['asr']:.3f}; forced: CA {fo['clean_acc']:.3f} ASR {fo['asr']:.3f}")
+    assert info["n_defensive"] == 120
+    assert fo["asr"] < 0.5 * undefended["asr"], (fo, undefended)
+    assert abs(fo["clean_acc"] - fp["clean_acc"]) < 0.15 and abs(fo["asr"] - fp["asr"]) < 0.2, (fp, fo)
 
 
 def test_pdb_never_draws_flagged_rows_as_defensive_rows(digits_badnets):

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .accel import (Switches, dist_backend, empty_cache, is_cuda, is_oom, oom_error, resolve_device,  # noqa: F401 (re-exported)
+                    set_device, switches, synchronize, with_oom_retry)
 from .augment import AugmentConfig, augment_batch, to_float
 
 SCHEDULES = ("onecycle", "cosine", "multistep", "constant")
@@ -255,30 +257,6 @@ class TrainResult:
 # --------------------------------------------------------------------------- devices
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """"auto" -> cuda:LOCAL_RANK when CUDA is available (LOCAL_RANK from torchrun/accelerate,
-    default 0), else cpu. "cuda" also picks cuda:LOCAL_RANK."""
-    if isinstance(device, torch.device):
-        return device
-    device = (device or "auto").lower()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            from pipelines.errors import VetsetError
-
-            raise VetsetError("device 'cuda' was asked for but CUDA is not available")
-        return torch.device("cuda", local_rank)
-    return torch.device(device)
-
-
-def _auto(flag: Any, on_cuda: bool, cpu_value: bool) -> bool:
-    if flag == "auto":
-        return True if on_cuda else cpu_value
-    return bool(flag)
-
-
 def _dist_world() -> tuple[int, int]:
     """(rank, world size); joins the process group when launched with WORLD_SIZE > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -287,7 +265,7 @@ def _dist_world() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(dist_backend())
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -381,13 +359,12 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
     """
     cfg = cfg or TrainConfig()
     hooks = hooks or TrainHooks()
-    device = resolve_device(cfg.device)
-    on_cuda = device.type == "cuda"
-    if on_cuda:
-        torch.cuda.set_device(device)
+    sw = switches(cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile)
+    device = sw.device
+    on_cuda = is_cuda(device)
+    set_device(device)
     rank, world = _dist_world()
-    use_amp = _auto(cfg.amp, on_cuda, False)
-    channels_last = _auto(cfg.channels_last, on_cuda, True)
+    channels_last = sw.channels_last
 
     torch.manual_seed(cfg.seed)
     data = as_uint8_tensor(images)
@@ -400,16 +377,13 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
         raise ValueError(f"{len(data)} images but {len(targets)} labels")
     n = len(data)
 
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    sw.prepare(model)
     train_model: nn.Module = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_model = DDP(model, device_ids=[device.index] if on_cuda else None)
-    if cfg.compile:
-        train_model = torch.compile(train_model)
+    train_model = sw.compiled(train_model)
 
     n_local = n // world if world > 1 else n
     batches = _batches(n_local, cfg.batch_size)
@@ -419,7 +393,6 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
         optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
     perm_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + 17 + rank)
-    amp_ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else None
 
     history: list[dict] = []
     start_epoch = 0
@@ -438,11 +411,57 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
             start_epoch = cfg.epochs if saved.get("stopped") else int(saved["epoch"]) + 1
             if checkpoint.restore is not None and saved.get("extra") is not None:
                 checkpoint.restore(saved["extra"])
+    ascent = False
+
+    def objective(x: torch.Tensor, y: torch.Tensor, bidx: torch.Tensor):
+        with sw.autocast():
+            logits = train_model(x)
+        logits = logits.float()
+        per = F.cross_entropy(logits, y, reduction="none", label_smoothing=cfg.label_smoothing)
+        loss = hooks.loss_fn(per, logits, y, bidx) if hooks.loss_fn is not None else per.mean()
+        if hooks.extra_loss is not None:
+            extra_term = hooks.extra_loss(model, x, y, logits, bidx)
+            if extra_term is not None:
+                loss = loss + extra_term
+        if ascent:
+            loss = -loss
+        return loss, logits, per
+
+    def train_step(x: torch.Tensor, y: torch.Tensor, bidx: torch.Tensor, parts: int):
+        """Forward and backward of one batch, in ``parts`` pieces whose gradients add up to
+        the whole batch's (the retry after running out of memory; BatchNorm then sees half
+        batches, and a loss that is not a batch mean is approximated by its pieces' mean)."""
+        optimizer.zero_grad(set_to_none=True)
+        if parts == 1:
+            loss, logits, per = objective(x, y, bidx)
+            loss.backward()
+            if hooks.after_backward is not None:
+                hooks.after_backward(model, lambda: objective(x, y, bidx)[0])
+            return loss, logits, per
+        if hooks.after_backward is not None:  # a second pass over the whole batch (SAM) cannot be split
+            raise oom_error(device, (len(y) + 1) // 2, "the batch size (batch_size, --batch-size)")
+        total = len(y)
+        bounds = [(i * total // parts, (i + 1) * total // parts) for i in range(parts)]
+        losses, logit_parts, per_parts = [], [], []
+        try:
+            for a, b in bounds:
+                piece_loss, piece_logits, piece_per = objective(x[a:b], y[a:b], bidx[a:b])
+                (piece_loss * ((b - a) / total)).backward()
+                losses.append(piece_loss.detach() * ((b - a) / total))
+                logit_parts.append(piece_logits.detach())
+                per_parts.append(piece_per.detach())
+        except Exception as exc:  # noqa: BLE001
+            if is_oom(exc):
+                raise oom_error(device, bounds[0][1], "the batch size (batch_size, --batch-size)") from None
+            raise
+        return torch.stack(losses).sum(), torch.cat(logit_parts), torch.cat(per_parts)
+
+    chunks = 1
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         train_model.train()
-        ascent = hooks.ascending(epoch)
+        ascent = hooks.ascending(epoch)  # read by objective()
         if hooks.on_epoch_start is not None:
             hooks.on_epoch_start(epoch, model)
         perm = torch.randperm(n, generator=perm_gen)
@@ -471,28 +490,21 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
                     x = torch.cat([x, ex.to(x.dtype)])
                     y = torch.cat([yb, ey])
                     bidx = torch.cat([idx, torch.full((len(ey),), -1, device=device, dtype=idx.dtype)])
-            def objective(x=x, y=y, bidx=bidx):
-                if amp_ctx is not None:
-                    with amp_ctx():
-                        logits = train_model(x)
-                else:
-                    logits = train_model(x)
-                logits = logits.float()
-                per = F.cross_entropy(logits, y, reduction="none", label_smoothing=cfg.label_smoothing)
-                loss = hooks.loss_fn(per, logits, y, bidx) if hooks.loss_fn is not None else per.mean()
-                if hooks.extra_loss is not None:
-                    extra_term = hooks.extra_loss(model, x, y, logits, bidx)
-                    if extra_term is not None:
-                        loss = loss + extra_term
-                if ascent:
-                    loss = -loss
-                return loss, logits, per
+            if chunks == 1:
+                try:
+                    loss, logits, per = train_step(x, y, bidx, 1)
+                except Exception as exc:  # noqa: BLE001  (only an out-of-memory error is retried)
+                    if not is_oom(exc):
+                        raise
+                    chunks = 2  # from here on, every batch in two halves (same gradient)
+                    empty_cache(device)
+                    import warnings
 
-            loss, logits, per = objective()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if hooks.after_backward is not None:
-                hooks.after_backward(model, lambda: objective()[0])
+                    warnings.warn(f"out of memory on {device} at batch size {len(y)}: each batch now runs "
+                                  "as two halves with their gradients summed", RuntimeWarning, stacklevel=2)
+                    loss, logits, per = train_step(x, y, bidx, chunks)
+            else:
+                loss, logits, per = train_step(x, y, bidx, chunks)
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
@@ -504,8 +516,7 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
                 obj_sum += loss.detach() * n_main
                 correct += (logits[:n_main].argmax(1) == yb).sum()
             seen += n_main
-        if on_cuda:
-            torch.cuda.synchronize(device)
+        synchronize(device)
         record = {
             "epoch": epoch,
             "loss": float(loss_sum) / max(1, seen),
@@ -552,20 +563,26 @@ def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, batch_si
     """Logits (N, K) float32 in eval mode, no augmentation (``tta_flip`` averages with the
     mirrored image). ``device`` None = wherever the model is."""
     dev = _model_device(model) if device is None else resolve_device(device)
-    model.to(dev)
+    sw = switches(dev, amp=amp, channels_last="auto", compile=False)
+    sw.prepare(model)
+    net = sw.compiled(model)
     was_training = model.training
     model.eval()
-    use_amp = _auto(amp, dev.type == "cuda", False)
     data = as_uint8_tensor(images)
-    out = []
-    try:
-        for s in range(0, len(data), batch_size):
-            x = to_float(data[s:s + batch_size].to(dev, non_blocking=True))
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(x).float()
+
+    def run(bs: int) -> list[torch.Tensor]:
+        out = []
+        for s in range(0, len(data), bs):
+            x = sw.input(to_float(data[s:s + bs].to(dev, non_blocking=True)))
+            with sw.autocast():
+                logits = net(x).float()
                 if tta_flip:
-                    logits = 0.5 * (logits + model(x.flip(3)).float())
+                    logits = 0.5 * (logits + net(x.flip(3)).float())
             out.append(logits.cpu())
+        return out
+
+    try:
+        out = with_oom_retry(run, batch_size, option="the evaluation batch size (eval_batch_size)", device=dev)
     finally:
         model.train(was_training)
     if not out:

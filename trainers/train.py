@@ -12,6 +12,7 @@ from pipelines.atomic import atomic_write_json
 from pipelines.dataset import ImageDataset
 from pipelines.errors import VetsetError
 
+from .accel import is_cuda
 from .evaluate import der, evaluate, load_trigger
 from .loop import TrainConfig, is_main_process, preset as get_preset, resolve_device
 from .saved import save_model
@@ -42,7 +43,7 @@ def _as_dataset(data: str | os.PathLike | ImageDataset) -> ImageDataset:
 def auto_choice(device: str) -> tuple[str, str]:
     """(model, preset) when the user says "auto": PreAct-ResNet18 with the fast recipe on a
     GPU, the small CNN with the CPU recipe elsewhere."""
-    on_cuda = resolve_device(device).type == "cuda"
+    on_cuda = is_cuda(resolve_device(device))
     return ("preact_resnet18", "fast") if on_cuda else ("small_cnn", "cpu_small")
 
 

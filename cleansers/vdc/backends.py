@@ -114,10 +114,10 @@ def model_fingerprint(path: str) -> str:
 
 
 def pick_device(device: str) -> str:
-    import torch
+    from trainers.accel import default_device_name
 
     if device in ("auto", "", None):
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return default_device_name()
     return device
 
 
@@ -125,7 +125,9 @@ def pick_dtype(dtype: str, device: str):
     import torch
 
     if dtype in ("auto", "", None):
-        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        from trainers.accel import is_cuda
+
+        return torch.bfloat16 if is_cuda(device) else torch.float32
     try:
         return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
                 "fp32": torch.float32, "float32": torch.float32}[str(dtype)]

@@ -16,6 +16,7 @@ from torch import nn
 from pipelines.dataset import ImageDataset
 from pipelines.errors import VetsetError
 
+from ..accel import autocast_for
 from ..augment import AugmentConfig
 from ..loop import TrainConfig, _batches, predict_logits
 
@@ -109,12 +110,10 @@ def requires_grad_only(model: nn.Module, params: list[nn.Parameter]) -> Iterator
             p.requires_grad_(flag)
 
 
-def autocast_for(x: torch.Tensor):
-    """bf16 autocast on CUDA (as the loop does), nothing on the CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda)
-
-
 def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's float32 logits, under bf16 autocast on CUDA (or where forced, see
+    :mod:`trainers.accel`); the extra passes of a purifier (PGD, a frozen reference) run eager:
+    only the loop's main forward is compiled."""
     with autocast_for(x):
         return model(x).float()
 
