@@ -110,13 +110,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seed_everything(seed: int) -> None:
-    """The global CPU generator and, where there is CUDA, every CUDA device's."""
-    torch.manual_seed(seed)
-    if cuda_available():
-        torch.cuda.manual_seed_all(seed)
-
-
 def empty_cache(device: torch.device) -> None:
     if is_cuda(device):
         torch.cuda.empty_cache()
@@ -128,11 +121,6 @@ def pinned(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     if is_cuda(device) and t.device.type == "cpu" and not t.is_pinned():
         return t.pin_memory()
     return t
-
-
-def cuda_generator(device: torch.device, seed: int) -> torch.Generator:
-    """A generator on ``device`` (CPU or CUDA), seeded."""
-    return torch.Generator(device=device).manual_seed(int(seed))
 
 
 # --------------------------------------------------------------------------- the switches

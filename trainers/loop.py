@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .accel import (Switches, dist_backend, empty_cache, is_cuda, is_oom, oom_error, resolve_device,  # noqa: F401 (re-exported)
+from .accel import (Switches, dist_backend, empty_cache, is_cuda, is_oom, oom_error, pinned, resolve_device,  # noqa: F401 (re-exported)
                     set_device, switches, synchronize, with_oom_retry)
 from .augment import AugmentConfig, augment_batch, to_float
 
@@ -334,7 +334,7 @@ def _extra_rows(extra: Any, device: torch.device, cfg: TrainConfig, gen: torch.G
     images, labels = extra
     images = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
     labels = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.array(labels, dtype=np.int64))
-    images = images.to(device, non_blocking=True)
+    images = pinned(images, device).to(device, non_blocking=True)
     if images.dtype == torch.uint8:
         if cfg.augment.active:
             images = augment_batch(images, cfg.augment, generator=gen)
@@ -568,7 +568,7 @@ def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, batch_si
     net = sw.compiled(model)
     was_training = model.training
     model.eval()
-    data = as_uint8_tensor(images)
+    data = pinned(as_uint8_tensor(images), dev)  # page-locked for asynchronous copies to a GPU
 
     def run(bs: int) -> list[torch.Tensor]:
         out = []
