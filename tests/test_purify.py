@@ -325,7 +325,7 @@ def test_npd_with_every_gpu_switch_forced_matches_fp32_eager(digits_setup):
 
     options = CASES["npd"][0]
     runs = {}
-    for mode, switched in (("fp32", ()), ("forced", ("amp", "channels_last", "compile"))):
+    for mode, switched in (("fp32", ()), ("forced", ("amp", "channels_last", "compile", "fused"))):
         with force(*switched):
             model, _ = purify("npd", _copy(digits_setup["model"]), digits_setup["clean"], dict(options),
                               device="cpu", seed=0)

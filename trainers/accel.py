@@ -13,6 +13,8 @@ The switches:
   faster on the CPU too for these convnets).
 - ``compile``: ``torch.compile`` (inductor; on the CPU it needs a C compiler); "auto" = the
   caller's default (the trainer's is off, the detection model's is on CUDA only).
+- ``fused``: the optimiser's fused kernel (``torch.optim.SGD(..., fused=True)``); "auto" = on
+  CUDA.
 
 On a CPU-only machine the GPU's settings never run by themselves, so they can be forced on
 for a test or a check: ``with force("amp", "channels_last", "compile"): ...`` in Python, or
@@ -32,7 +34,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import torch
 from torch import nn
 
-SWITCHES = ("amp", "channels_last", "compile")
+SWITCHES = ("amp", "channels_last", "compile", "fused")
 FORCE_ENV = "VETSET_FORCE"
 _forced: ContextVar[frozenset[str] | None] = ContextVar("vetset_forced_switches", default=None)
 
@@ -173,6 +175,7 @@ class Switches:
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
+    fused: bool = False
 
     def autocast(self):
         """bf16 autocast on this device's type when ``amp``, a no-op context otherwise."""
@@ -198,7 +201,7 @@ class Switches:
 
     def describe(self) -> dict:
         return {"device": str(self.device), "amp": self.amp, "channels_last": self.channels_last,
-                "compile": self.compile}
+                "compile": self.compile, "fused": self.fused}
 
 
 def _resolve(name: str, value: Any, auto: bool, force_on: frozenset[str]) -> bool:
@@ -219,7 +222,7 @@ def _resolve(name: str, value: Any, auto: bool, force_on: frozenset[str]) -> boo
 
 
 def switches(device: str | torch.device | None = "auto", *, amp: Any = "auto", channels_last: Any = "auto",
-             compile: Any = False) -> Switches:
+             compile: Any = False, fused: Any = "auto") -> Switches:
     """Resolve the switches of one pass: "auto" amp = on CUDA, "auto" channels_last = on;
     ``compile`` "auto" = on CUDA (callers whose default is off pass False). Forced switches
     (:func:`force`, ``VETSET_FORCE``) win over everything but :class:`Never`."""
@@ -229,7 +232,8 @@ def switches(device: str | torch.device | None = "auto", *, amp: Any = "auto", c
     return Switches(device=dev,
                     amp=_resolve("amp", amp, cuda, on),
                     channels_last=_resolve("channels_last", channels_last, True, on),
-                    compile=_resolve("compile", compile, cuda, on))
+                    compile=_resolve("compile", compile, cuda, on),
+                    fused=_resolve("fused", fused, cuda, on))
 
 
 def autocast_for(x: torch.Tensor, amp: Any = "auto"):

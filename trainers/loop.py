@@ -68,6 +68,7 @@ class TrainConfig:
     amp: Any = "auto"  # "auto" | True | False
     channels_last: Any = "auto"
     compile: bool = False
+    fused: Any = "auto"  # the optimiser's fused kernel: "auto" = on CUDA
     seed: int = 0
     eval_batch_size: int = 1024
 
@@ -309,14 +310,17 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return max(0.0, (1.0 - t) / max(1e-12, 1.0 - w))
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """The optimiser of ``cfg``; ``fused``: its single-kernel implementation (one launch for
+    all parameters instead of one per tensor: what matters on a GPU)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    extra = {"fused": True} if fused else {}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay,
-                               nesterov=cfg.nesterov and cfg.momentum > 0)
+                               nesterov=cfg.nesterov and cfg.momentum > 0, **extra)
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
 
 
 # --------------------------------------------------------------------------- training
@@ -359,7 +363,7 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
     """
     cfg = cfg or TrainConfig()
     hooks = hooks or TrainHooks()
-    sw = switches(cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile)
+    sw = switches(cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile, fused=cfg.fused)
     device = sw.device
     on_cuda = is_cuda(device)
     set_device(device)
@@ -388,7 +392,7 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
     n_local = n // world if world > 1 else n
     batches = _batches(n_local, cfg.batch_size)
     steps_per_epoch = max(1, len(batches))
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg, fused=sw.fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
     perm_gen = torch.Generator().manual_seed(cfg.seed)
