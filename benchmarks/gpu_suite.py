@@ -28,6 +28,8 @@ Sections, in this order (``--only a,b`` runs some; a section's figures are saved
 - ``purify``: each purifier at its published defaults on the undefended BadNets model with
   2,500 clean test rows: CA / ASR / seconds.
 - ``vdc``: VDC question-answering throughput at the LLaVA-1.5-7B shape (random weights).
+- ``selection``: BadNets at a 1% budget with random vs LPS-selected rows (docs/selection.md):
+  the undefended model's CA / ASR on each, and LPS's seconds.
 
 ``--budget`` (seconds, default 540 = 9 minutes): before each section and each audit /
 purifier, the suite compares the time left with what that step is expected to take and skips
@@ -57,7 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-SECTIONS = ("speed", "clean_ca", "audit", "defenses", "purify", "vdc")
+SECTIONS = ("speed", "clean_ca", "audit", "defenses", "purify", "vdc", "selection")
 PURIFIERS = ("ft", "fp", "nc", "sau", "npd", "ftsam", "tsbd", "awm")
 
 
@@ -84,6 +86,8 @@ class Scale:
     clean_rows: int = 2500
     purify_options: dict = field(default_factory=dict)
     vdc_argv: tuple[str, ...] = ()
+    selection_budget: float = 0.01
+    selection_options: dict = field(default_factory=dict)
     estimates: dict = field(default_factory=dict)
 
 
@@ -97,7 +101,7 @@ GPU = Scale(
     # guesses until the first GPU run replaces them with measured figures: the audit trains the
     # detection model (30 epochs) and, on CUDA, confident learning's 5 fold models
     estimates={"speed": 50, "clean_ca": 60, "audit": 200, "reference": 40, "defenses": 130, "purify": 30,
-               "vdc": 90},
+               "vdc": 90, "selection": 120},
 )
 
 SMOKE = Scale(
@@ -114,7 +118,9 @@ SMOKE = Scale(
     vdc_argv=("--arch", "tiny", "--device", "cpu", "--images", "4", "--batch-sizes", "4",
               "--generate-images", "2", "--generate-batch", "4", "--one-by-one-images", "1",
               "--image-size", "56", "--desc-new", "4", "--yesno-new", "2"),
-    estimates={"speed": 5, "clean_ca": 3, "audit": 15, "reference": 3, "defenses": 10, "purify": 5, "vdc": 15},
+    selection_budget=0.02, selection_options={"rounds": 1},
+    estimates={"speed": 5, "clean_ca": 3, "audit": 15, "reference": 3, "defenses": 10, "purify": 5, "vdc": 15,
+               "selection": 5},
 )
 
 
@@ -385,6 +391,28 @@ class Suite:
                 "agreement": result.get("agreement")}
 
 
+    def section_selection(self) -> dict:
+        from pipelines.simulate import SimulationSpec, simulate
+        from trainers import evaluate, fit
+        from trainers.selection import simulate_selected
+
+        train, test, s = self.train_set(), self.test_set(), self.scale
+        rows = []
+        for select in ("random", "lps"):
+            spec = SimulationSpec(attack="badnets", poison_rate=s.selection_budget, target=0, seed=self.seed,
+                                  select=select, select_params=dict(s.selection_options) if select == "lps" else {})
+            t0 = time.perf_counter()
+            sim = simulate(train, spec) if select == "random" else simulate_selected(train, spec, device=s.device)
+            select_s = time.perf_counter() - t0
+            model = self.new_model(sim.dataset)
+            fit(model, sim.dataset.images, sim.dataset.labels, self.cfg(s.defense_epochs))
+            m = evaluate(model, test, sim.trigger)
+            rows.append({"selection": select, "n_poisoned": sim.counts["n_poisoned"], "clean_acc": m["clean_acc"],
+                         "asr": m["asr"], "select_seconds": select_s})
+            self.log(f"selection {select}: {sim.counts['n_poisoned']} rows, CA {m['clean_acc']:.3f} ASR {m['asr']:.3f}")
+        return {"attack": "badnets", "budget": s.selection_budget, "epochs": s.defense_epochs, "rows": rows}
+
+
 def res_batch(suite: Suite) -> int:
     return suite.cfg(1).batch_size
 
@@ -495,6 +523,11 @@ def summary_markdown(doc: dict) -> str:
                     lines.append(f"| {x[key]} | {x.get('skipped') or x.get('error')} | | |")
                 else:
                     lines.append(f"| {x[key]} | {_fmt(x['clean_acc'])} | {_fmt(x['asr'])} | {x['seconds']:.0f} |")
+        elif name == "selection":
+            lines += [f"BadNets at {r['budget']:g} of the rows, {r['epochs']} epochs:", "",
+                      "| selection | rows | CA | ASR | selection s |", "|---|---|---|---|---|"]
+            lines += [f"| {x['selection']} | {x['n_poisoned']} | {_fmt(x['clean_acc'])} | {_fmt(x['asr'])} | "
+                      f"{x['select_seconds']:.0f} |" for x in r["rows"]]
         elif name == "vdc":
             lines += [f"{r['arch']} on {r['device']}: best {_fmt(r['best_images_per_s'], 2)} images/s "
                       f"({r['best_path']}); 6 questions per image"]

@@ -15,6 +15,13 @@ Conventions (``shared/specs/attacks.md``, BackdoorBench):
   are not poisoned, so in a hybrid dataset ``is_poisoned`` and ``is_noisy`` are disjoint
   (VDC's hybrid setting). WaNet cross rows may receive label noise.
 * Unreadable rows (``ds.unreadable``) are never poisoned, warped or relabelled.
+* Which rows are poisoned (``select``): "random" (the default, above), or a learned selection
+  that picks the rows a model finds hardest (``lps``, Zhu et al. 2023) or forgets most
+  (``fus``, Xia et al. 2022). Those need training, so they live in :mod:`trainers.selection`
+  (``simulate_selected``), which hands the chosen rows to :func:`simulate` as
+  ``poison_rows``; they choose among the rows of the non-target classes (dirty-label
+  attacks) or of the target class (clean-label), an equal share per class. The truth table's
+  ``selection`` column names the strategy on each poisoned row.
 * Randomness: the trigger comes from ``seed`` (see :mod:`pipelines.attacks`); row choices
   use independent streams ``np.random.default_rng([seed, 10 | 11 | 12])`` for poisoned,
   cross and noisy rows. Same seed, same result.
@@ -43,7 +50,9 @@ TRUTH_SCHEMA = pa.schema([
     ("is_noisy", pa.bool_()),
     ("attack", pa.string()),
     ("original_label", pa.int64()),
+    ("selection", pa.string()),  # how the poisoned row was chosen: random, lps, fus ("" = not poisoned)
 ])
+SELECTIONS = ("random", "lps", "fus")
 
 
 @dataclass
@@ -58,12 +67,18 @@ class SimulationSpec:
     noise_rate: float = 0.0
     seed: int = 0
     noise_params: dict = field(default_factory=dict)
+    select: str = "random"  # which rows to poison: random | lps | fus (see the module docstring)
+    select_params: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECTIONS:
+            raise VetsetError(f"unknown selection {self.select!r}; known: {', '.join(SELECTIONS)}")
 
     def to_dict(self) -> dict:
         """JSON-able: array parameters (instance noise's reference probabilities) are
         replaced by their shape."""
         d = asdict(self)
-        for key in ("attack_params", "noise_params"):
+        for key in ("attack_params", "noise_params", "select_params"):
             d[key] = {k: (f"array {list(np.shape(v))}" if isinstance(v, np.ndarray) else v) for k, v in d[key].items()}
         return d
 
@@ -95,8 +110,33 @@ def _choose(rng: np.random.Generator, candidates: np.ndarray, k: int) -> np.ndar
     return np.sort(rng.choice(candidates, size=k, replace=False)).astype(np.int64)
 
 
-def simulate(ds: ImageDataset, spec: SimulationSpec) -> SimulationResult:
-    """Poison and/or label-noise a copy of ``ds`` as ``spec`` says (``ds`` is not modified)."""
+def poison_candidates(ds: ImageDataset, attack: Attack, learned: bool) -> np.ndarray:
+    """The rows ``attack`` may poison: readable rows (of the target class only for a
+    clean-label attack); a learned selection leaves the target class out of a dirty-label
+    attack (its rows would keep their label: they teach the trigger least)."""
+    readable = ~ds.unreadable
+    if attack.clean_label:
+        mask = readable & (ds.labels == attack.target)
+    else:
+        mask = readable & (ds.labels != attack.target) if learned else readable
+    return np.flatnonzero(mask)
+
+
+def poison_budget(spec: SimulationSpec, n: int) -> int:
+    return round_count(_check_rate("poison_rate", spec.poison_rate), n)
+
+
+def make_attack(ds: ImageDataset, spec: SimulationSpec) -> Attack:
+    if not 0 <= int(spec.target) < ds.num_classes:
+        raise VetsetError(f"target class {spec.target} is not in 0..{ds.num_classes - 1}")
+    return build_attack(spec.attack, target=spec.target, params=spec.attack_params, seed=spec.seed,
+                        image_size=ds.image_size)
+
+
+def simulate(ds: ImageDataset, spec: SimulationSpec, poison_rows: np.ndarray | None = None) -> SimulationResult:
+    """Poison and/or label-noise a copy of ``ds`` as ``spec`` says (``ds`` is not modified).
+    ``poison_rows``: the rows a learned selection chose (:mod:`trainers.selection`); needed
+    when ``spec.select`` is not "random", refused otherwise."""
     n = len(ds)
     images = ds.images.copy()
     labels = ds.labels.copy()
@@ -108,23 +148,33 @@ def simulate(ds: ImageDataset, spec: SimulationSpec) -> SimulationResult:
     counts: dict = {"n_rows": n, "n_unreadable": int(ds.unreadable.sum()),
                     "n_poisoned": 0, "n_cross": 0, "n_noisy": 0}
 
+    selection_col = np.full(n, "", dtype=object)
+    learned = spec.select != "random"
+    if (poison_rows is not None) != (learned and bool(spec.attack)):
+        raise VetsetError(f"selection {spec.select!r}: " + (
+            "the poisoned rows come from trainers.selection.simulate_selected" if poison_rows is None
+            else "poison_rows are only for a learned selection (lps, fus) with an attack"))
     if spec.attack:
-        rate = _check_rate("poison_rate", spec.poison_rate)
-        if not 0 <= int(spec.target) < ds.num_classes:
-            raise VetsetError(f"target class {spec.target} is not in 0..{ds.num_classes - 1}")
-        attack: Attack = build_attack(spec.attack, target=spec.target, params=spec.attack_params,
-                                      seed=spec.seed, image_size=ds.image_size)
-        cand_mask = readable & (labels == attack.target) if attack.clean_label else readable
-        rows = _choose(np.random.default_rng([spec.seed, 10]), np.flatnonzero(cand_mask),
-                       round_count(rate, n))
+        attack: Attack = make_attack(ds, spec)
+        candidates = poison_candidates(ds, attack, learned)
+        budget = poison_budget(spec, n)
+        if learned:
+            rows = np.unique(np.asarray(poison_rows, dtype=np.int64))
+            if len(rows) != min(budget, len(candidates)) or not np.isin(rows, candidates).all():
+                raise VetsetError(f"selection {spec.select!r} gave {len(rows)} rows, not {min(budget, len(candidates))} "
+                                  "distinct rows among the candidates")
+        else:
+            rows = _choose(np.random.default_rng([spec.seed, 10]), candidates, budget)
         if len(rows):
             images[rows] = attack.apply(ds.images[rows])
             if not attack.clean_label:
                 labels[rows] = attack.target
         poisoned[rows] = True
         attack_col[rows] = attack.name
+        selection_col[rows] = spec.select
         counts["n_poisoned"] = int(len(rows))
-        counts["n_poison_candidates"] = int(cand_mask.sum())
+        counts["n_poison_candidates"] = int(len(candidates))
+        counts["selection"] = spec.select
 
         n_cross = attack.n_cross(len(rows))
         if n_cross:
@@ -152,6 +202,7 @@ def simulate(ds: ImageDataset, spec: SimulationSpec) -> SimulationResult:
         "is_noisy": noisy,
         "attack": pd.Series(attack_col.tolist(), dtype=object),
         "original_label": ds.labels.astype(np.int64),
+        "selection": pd.Series(selection_col.tolist(), dtype=object),
     })
     out = ds.replace(images=images, labels=labels)
     return SimulationResult(dataset=out, truth=truth, trigger=trigger, spec=spec, counts=counts)

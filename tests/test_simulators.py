@@ -76,7 +76,8 @@ def _changed(before: ImageDataset, after: ImageDataset) -> tuple[np.ndarray, np.
 def test_attack_truth_table(synth, attack):
     res = simulate(synth, SimulationSpec(attack=attack, poison_rate=0.1, target=0, seed=3))
     t = res.truth
-    assert list(t.columns) == ["sample_id", "is_poisoned", "is_noisy", "attack", "original_label"]
+    assert list(t.columns) == ["sample_id", "is_poisoned", "is_noisy", "attack", "original_label", "selection"]
+    assert set(t.selection[t.is_poisoned]) == {"random"} and set(t.selection[~t.is_poisoned]) <= {""}
     assert t.is_poisoned.dtype == bool and t.is_noisy.dtype == bool
     assert t.original_label.dtype == np.int64
     assert t.sample_id.tolist() == synth.sample_ids.tolist()
@@ -332,7 +333,7 @@ def test_write_simulation_round_trip(cifar, tmp_path):
     truth = pq.read_table(paths["truth"])
     assert [(f.name, str(f.type)) for f in truth.schema] == [
         ("sample_id", "string"), ("is_poisoned", "bool"), ("is_noisy", "bool"),
-        ("attack", "string"), ("original_label", "int64")]
+        ("attack", "string"), ("original_label", "int64"), ("selection", "string")]
     pd.testing.assert_frame_equal(truth.to_pandas(), res.truth, check_dtype=False)
     assert json.loads((out / "trigger.json").read_text()) == res.trigger
     sim = json.loads((out / "simulation.json").read_text())
