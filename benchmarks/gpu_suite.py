@@ -421,14 +421,9 @@ def res_batch(suite: Suite) -> int:
 
 
 def _load(data: Path, split: str, rows: int):
-    import pyarrow.parquet as pq
+    from detectors import load  # benchmarks/detectors.py: an evenly spread slice (0 = all rows)
 
-    from pipelines.loaders import LoadOptions, table_to_dataset
-    from pipelines.slices import spread_slice
-
-    path = data / f"{split}.parquet"
-    table = spread_slice(pq.read_table(path), rows) if rows else pq.read_table(path)
-    return table_to_dataset(table, LoadOptions(), str(path))
+    return load(data, split, rows)
 
 
 def _atomic_write(path: Path, text: str) -> None:

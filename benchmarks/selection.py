@@ -28,35 +28,26 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from detectors import load  # noqa: E402  (benchmarks/detectors.py: an evenly spread slice)
 
 from pipelines.simulate import SimulationSpec, simulate  # noqa: E402
-from trainers import build_model, evaluate, fit, preset, resolve_device  # noqa: E402
-from trainers.accel import is_cuda  # noqa: E402
+from trainers import build_model, evaluate, fit, preset  # noqa: E402
 from trainers.selection import simulate_selected  # noqa: E402
-from trainers.train import channel_stats  # noqa: E402
+from trainers.train import auto_choice, channel_stats  # noqa: E402
 
 SELECTIONS = ("random", "fus", "lps")
 
 
-def load(data: Path, split: str, rows: int):
-    import pyarrow.parquet as pq
-
-    from pipelines.loaders import LoadOptions, table_to_dataset
-    from pipelines.slices import spread_slice
-
-    path = data / f"{split}.parquet"
-    table = spread_slice(pq.read_table(path), rows) if rows else pq.read_table(path)
-    return table_to_dataset(table, LoadOptions(), str(path))
-
-
 def victim_config(device: str, seed: int, crop: bool, epochs: int | None):
-    cuda = is_cuda(resolve_device(device))
-    cfg = preset("fast" if cuda else "cpu_small", device=device, seed=seed)
+    arch, preset_name = auto_choice(device)
+    cfg = preset(preset_name, device=device, seed=seed)
     if epochs:
         cfg = cfg.replace(epochs=epochs)
     if not crop:
         cfg.augment = replace(cfg.augment, crop=False)
-    return cfg, ("preact_resnet18" if cuda else "small_cnn")
+    return cfg, arch
 
 
 def train_and_evaluate(sim, test, cfg, arch: str, seed: int) -> dict:
@@ -92,16 +83,11 @@ def defenses(sim, test, cfg, arch: str, seed: int, names: list[str], device: str
     for name in names:
         options = {}
         if name == "curate":
-            import cleansers  # noqa: F401
             from cleansers import DEFAULT_DETECTORS
-            from cleansers.audit import run_audit
-            from cleansers.base import AuditContext
-            from pipelines.outputs import RunPaths
+            from defenses import curate_scores  # benchmarks/defenses.py
 
-            with tempfile.TemporaryDirectory() as tmp:
-                res = run_audit(sim.dataset, list(DEFAULT_DETECTORS), RunPaths(Path(tmp)), run_id="cur",
-                                ctx=AuditContext(device=device, seed=seed))
-                options = {"scores": res.frame[["sample_id", "flagged"]].copy()}
+            frame = curate_scores(sim.dataset, list(DEFAULT_DETECTORS), {}, device, seed, 0.1)
+            options = {"scores": frame[["sample_id", "flagged"]].copy()}
         model, _ = train_defended(sim.dataset, arch=arch, cfg=cfg, defense=name, defense_options=options, seed=seed,
                                   log=None)
         m = evaluate(model, test, sim.trigger)

@@ -41,6 +41,7 @@ from pipelines.simulate import (SimulationResult, SimulationSpec, make_attack, p
 from .accel import is_cuda, resolve_device
 from .loop import TrainConfig, TrainHooks, fit, per_sample_loss, preset
 from .models import build_model
+from .train import auto_choice
 
 Log = Callable[[str], Any] | None
 
@@ -145,11 +146,11 @@ class _Surrogate:
         self.ds, self.triggered, self.candidates = ds, triggered, candidates
         self.target, self.clean_label, self.seed = target, clean_label, seed
         self.device = resolve_device(device)
-        cuda = is_cuda(self.device)
-        self.arch = ("preact_resnet18" if cuda else "small_cnn") if arch == "auto" else arch
-        self.preset = ("fast" if cuda else "cpu_small") if preset_name == "auto" else preset_name
+        auto_arch, auto_preset = auto_choice(self.device)
+        self.arch = auto_arch if arch == "auto" else arch
+        self.preset = auto_preset if preset_name == "auto" else preset_name
         self.batch_size = batch_size
-        self.crop = cuda if crop == "auto" else bool(crop)
+        self.crop = is_cuda(self.device) if crop == "auto" else bool(crop)
         self.position = {int(r): i for i, r in enumerate(candidates)}
 
     def new_model(self, seed: int):
