@@ -205,7 +205,7 @@ def test_the_trainer_with_every_gpu_switch_forced_matches_fp32_eager(digits_spli
             results[mode] = (evaluate(model, test, sim.trigger), res, model)
     (fp, _, _), (fo, fo_res, fo_model) = results["fp32"], results["forced"]
     print(f"fp32 CA {fp['clean_acc']:.3f} ASR {fp['asr']:.3f}; forced CA {fo['clean_acc']:.3f} ASR {fo['asr']:.3f}")
-    # measured (model seeds 0-2 x 1/2 threads): CA fp32 0.853-0.899, forced 0.848-0.881,
+    # measured (model seeds 0-2 x 1/2 threads): CA fp32 0.853-0.899, forced 0.848-0.893,
     # |difference| <= 0.021; ASR fp32 0.87-0.99, forced 0.82-0.99
     assert fo["clean_acc"] > 0.75 and abs(fo["clean_acc"] - fp["clean_acc"]) < 0.08, (fp, fo)
     assert fo["asr"] > 0.7 and fp["asr"] > 0.7

@@ -125,8 +125,9 @@ def test_pdb_with_every_gpu_switch_forced_matches_fp32_eager(digits_badnets, und
     print(f"pdb fp32: CA {fp['clean_acc']:.3f} ASR {fp['asr']:.3f}; forced: CA {fo['clean_acc']:.3f} ASR {fo['asr']:.3f}")
     assert info["n_defensive"] == 120
     assert fo["asr"] < 0.5 * undefended["asr"], (fo, undefended)
-    # measured (seeds 0-2 x 1/2 threads): |CA difference| <= 0.037, |ASR difference| <= 0.025
-    assert abs(fo["clean_acc"] - fp["clean_acc"]) < 0.1 and abs(fo["asr"] - fp["asr"]) < 0.1, (fp, fo)
+    # measured (benchmarks/forced_switches.py, seeds 0-2 x 1/2 threads, fused optimiser
+    # included): |CA difference| <= 0.035, |ASR difference| <= 0.082
+    assert abs(fo["clean_acc"] - fp["clean_acc"]) < 0.1 and abs(fo["asr"] - fp["asr"]) < 0.15, (fp, fo)
 
 
 def test_pdb_never_draws_flagged_rows_as_defensive_rows(digits_badnets):

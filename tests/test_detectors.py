@@ -343,6 +343,6 @@ def test_agpd_and_sentinet_with_every_gpu_switch_forced_agree_with_fp32(badnets)
     rho = spearmanr(s.score, t.score).correlation
     strong = [e["class"] for e in t.info["class_evidence"] if e["strength"] == "strong"]
     print(f"sentinet: flags {s.flag.sum()} / {t.flag.sum()}, Jaccard {jaccard:.3f}, rank correlation {rho:.3f}")
-    # measured: flags' Jaccard 0.989-1.0, rank correlation 0.73-0.98, TPR 0.994-1.0
+    # measured: flags' Jaccard 0.989-1.0, rank correlation 0.72-0.98, TPR 0.994-1.0
     assert strong == [0] and jaccard > 0.9, (strong, jaccard)
     assert detection_metrics(poisoned, t.flag, t.score)["tpr"] >= 0.9
