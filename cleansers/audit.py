@@ -97,5 +97,5 @@ def run_audit(ds: ImageDataset, detectors: list[str], paths: RunPaths, *, run_id
     with staged_run(paths) as staged:  # all files or none
         manifest, metrics = write_outputs(ds, frame, results, staged, run_id=run_id, config=config or {},
                                           timings=timings, truth=truth, verdict=verdict)
-        render_report(ds, frame, manifest, metrics, staged, verdict)
+        render_report(ds, frame, manifest, metrics, staged, verdict, truth=truth)
     return AuditResult(paths.root, frame, manifest, metrics, results, verdict)

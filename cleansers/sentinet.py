@@ -244,13 +244,20 @@ class SentiNet(Detector):
         evidence = []
         for k in range(data.num_classes):
             in_k = flag & (data.labels == k)
-            count, size = int(in_k.sum()), int((data.labels == k).sum())
+            count, rows_k = int(in_k.sum()), int((data.labels == k).sum())
             top = Counter(int(j) for j in chosen[in_k] if j >= 0).most_common(1)
             share = top[0][1] / count if count else 0.0
             # a patch trigger: enough rows of the class, most of them in one window
-            strong = count >= max(10, 0.01 * size) and share >= 0.5
+            strong = count >= max(10, 0.01 * rows_k) and share >= 0.5
             evidence.append({"class": int(k), "signal": "sentinet_rows", "value": count,
-                             "threshold": max(10, int(np.ceil(0.01 * size))), "strength": "strong" if strong else "none",
+                             "threshold": max(10, int(np.ceil(0.01 * rows_k))), "strength": "strong" if strong else "none",
                              "detail": f"{share:.0%} of them in one window" if count else ""})
+        # per class, every window its flagged rows' regions sat in (the report's heat map)
+        regions = {}
+        for k in range(data.num_classes):
+            counts = Counter(int(j) for j in chosen[flag & (data.labels == k)] if j >= 0)
+            if counts:
+                regions[data.class_names[k]] = [{"top": positions[j][0], "left": positions[j][1], "size": size,
+                                                 "rows": c} for j, c in sorted(counts.items())]
         return {"model": dm.describe(), **extra, "flagged_per_class": per_class, "top_windows": windows,
-                "finding": finding, "class_evidence": evidence}
+                "regions_per_class": regions, "finding": finding, "class_evidence": evidence}

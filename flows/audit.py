@@ -91,9 +91,11 @@ def write_task(ds, frame, results, paths: RunPaths, run_id: str, config: dict, t
 
 
 @task(name="report")
-def report_task(ds, frame, manifest, metrics, paths: RunPaths, verdict: AuditVerdict | None = None) -> str:
+def report_task(ds, frame, manifest, metrics, paths: RunPaths, verdict: AuditVerdict | None = None,
+                truth_path: str | None = None) -> str:
+    truth = read_truth(truth_path) if truth_path else None
     with writing_run(paths):
-        render_report(ds, frame, manifest, metrics, paths, verdict)
+        render_report(ds, frame, manifest, metrics, paths, verdict, truth=truth)
     return str(paths.report_html)
 
 
@@ -163,7 +165,7 @@ def _audit(params: AuditParams, lock: RunLock | None) -> AuditSummary:
     config = dict(params.model_dump(), cache=_cache_summary(results))
     with staged_run(paths, lock) as staged:  # all files or none
         manifest, metrics = write_task(ds, frame, results, staged, run_id, config, timings, params.truth, verdict)
-        report_task(ds, frame, manifest, metrics, staged, verdict)
+        report_task(ds, frame, manifest, metrics, staged, verdict, params.truth)
     _publish_artifacts(frame, manifest, metrics, paths, verdict)
     logger.info("verdict: %s", verdict.headline)
     summary = AuditSummary(str(paths.root), run_id, len(frame), int(frame["flagged"].sum()), int(ds.unreadable.sum()),

@@ -116,7 +116,7 @@ def test_demo_prints_tables_report_and_metrics(prefect_harness, tmp_path, capsys
     assert metrics["detection"]["fused"]["all"]["fpr"] <= 0.02
     # the grid is not one detector's: the poisoned rows are among its first tiles
     html = (tmp_path / "demo" / "audit" / "report.html").read_text()
-    first = html.split("<figure>")[1:9]
+    first = html.split('<figure class="tile"')[1:9]
     assert any("sentinet" in tile for tile in first)
     report = (tmp_path / "demo" / "audit" / "report.md").read_text()
     assert "## Verdict" in report and "| finding |" in report
