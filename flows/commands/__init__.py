@@ -1,2 +1,2 @@
 """One module per `vetset` command; importing this package registers them all."""
-from . import audit, poison, train, serve, purify, cache  # noqa: F401  (registration)
+from . import audit, poison, train, serve, purify, cache, methods  # noqa: F401  (registration)

@@ -137,7 +137,7 @@ def add_detector_arguments(sp: argparse.ArgumentParser, default: str | None = No
 
     default = default or ",".join(DEFAULT_DETECTORS)
     sp.add_argument("--detectors", default=default, help=f"comma-separated detector names (default: {default})")
-    sp.add_argument("--set", action="append", metavar="DET.OPT=VALUE", help="detector option, repeatable")
+    sp.add_argument("--set", action="append", metavar="DET.OPT=VALUE", help="detector option, repeatable; `vetset detectors` lists every detector's options, types and defaults")
     sp.add_argument("--device", default="auto")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--min-votes", type=int, default=1, help="detectors that must fire to flag a row")

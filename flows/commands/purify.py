@@ -21,7 +21,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", help="test set for CA (and ASR / RA / DER with --trigger)")
     p.add_argument("--trigger", help="trigger.json written by `vetset poison`")
     p.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
-                   help="method option, e.g. --set epochs=5 (repeatable)")
+                   help="method option, e.g. --set epochs=5 (repeatable); `vetset purifiers` lists them with their defaults")
     p.add_argument("--n-clean", type=int, help="use a class-balanced subset of this many clean rows")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)

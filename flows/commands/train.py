@@ -21,14 +21,15 @@ def _arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--preset", default="auto", help="fast, backdoorbench, cpu_small, auto")
     t.add_argument("--defense", default="none", help="none, abl, pdb, curate (audit, drop flagged rows, train)")
     t.add_argument("--defense-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the defense, e.g. isolation_epochs=10 (abl), repeats=3 (pdb); repeatable")
+                   help="an option of the defense, e.g. isolation_epochs=10 (abl), repeats=3 (pdb); repeatable; "
+                        "`vetset defenses` lists them with their defaults")
     t.add_argument("--scores", help="curate: an audit's scores.parquet (else the audit runs first); "
                                     "pdb: its flagged rows are never drawn as defensive rows; "
                                     "abl: its flagged rows are the ones unlearned")
     t.add_argument("--detectors", help="curate: comma-separated detectors for the audit "
                                        "(default: cleansers.DEFAULT_DETECTORS)")
     t.add_argument("--set", dest="detector_set", action="append", default=[], metavar="DETECTOR.OPTION=VALUE",
-                   help="curate: a detector option for the audit, e.g. abl.epochs=10; repeatable")
+                   help="curate: a detector option for the audit, e.g. abl.epochs=10; repeatable (`vetset detectors`)")
     t.add_argument("--relabel", action="store_true",
                    help="curate: give flagged rows their suggested label (when a detector offers one) instead of dropping")
     t.add_argument("--baseline-metrics", help="an undefended run's metrics.json, for DER in metrics.json")
