@@ -35,17 +35,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipelines.bench_tables import PUBLISHED_DEFENSES  # noqa: E402
 from pipelines.dataset import ImageDataset  # noqa: E402
 from pipelines.loaders import load_dataset  # noqa: E402
 from pipelines.simulate import SimulationSpec, simulate  # noqa: E402
 from trainers import der, evaluate, preset, resolve_device  # noqa: E402
 from trainers.train import train_defended  # noqa: E402
 
-# specs/defenses.md, BackdoorBench leaderboard (CIFAR-10, PreAct-ResNet18, 10%): CA / ASR
-PUBLISHED = {
-    "none": {"badnets": (91.32, 95.03), "blended": (93.47, 99.92), "sig": (84.48, 98.27), "wanet": (91.25, 89.73)},
-    "abl": {"badnets": (83.32, 0.00), "blended": (77.30, 0.73), "sig": (57.80, 0.00), "wanet": (83.19, 0.00)},
-}
+# specs/defenses.md, BackdoorBench leaderboard (CIFAR-10, PreAct-ResNet18, 10%): CA / ASR; kept
+# with `vetset bench`'s tables (curate: AGPD's retraining on its filtered data)
+PUBLISHED = PUBLISHED_DEFENSES
 
 
 def balanced_slice(path: Path, n: int | None, offset: int = 0) -> ImageDataset:
