@@ -19,6 +19,8 @@ def test_every_detector_and_every_option_is_listed(capsys):
     import cleansers
     from cleansers.base import DETECTORS
 
+    import flows_plugin  # noqa: F401  (plug-in detectors without class docstrings, as other tests register)
+
     items = {i["name"]: i for i in _listed("detectors", capsys)}
     assert sorted(items) == DETECTORS.names()
     for name, item in items.items():
@@ -26,7 +28,10 @@ def test_every_detector_and_every_option_is_listed(capsys):
         fields = [f.name for f in dataclasses.fields(cls.Config)]
         assert [o["name"] for o in item["options"]] == fields, name
         assert item["kind"] == cls.kind and item["summary"] and "Base class" not in item["summary"]
+        if cls.__module__.startswith("cleansers."):
+            assert not item["summary"].startswith("(no description"), name
         assert item["default"] == (name in cleansers.DEFAULT_DETECTORS)
+    assert "slow_rows" in items  # a plug-in is listed too, described by its module's docstring
     window = next(o for o in items["sentinet"]["options"] if o["name"] == "window")
     assert window["default"] == DETECTORS.get("sentinet").Config().window and "float" in window["type"]
     assert any(o["name"] == "model" for o in items["vdc"]["options"])

@@ -56,7 +56,8 @@ def config_options(config: type) -> list[dict[str, Any]]:
 def _own_doc(cls: type) -> str:
     """The class's own docstring (not its base class's), else its module's."""
     own = cls.__dict__.get("__doc__")
-    return inspect.cleandoc(own) if own else inspect.getdoc(inspect.getmodule(cls)) or ""
+    doc = inspect.cleandoc(own) if own else inspect.getdoc(inspect.getmodule(cls)) or ""
+    return doc or f"(no description: {cls.__module__}.{cls.__qualname__} has no docstring)"
 
 
 def _detectors() -> list[dict[str, Any]]:
