@@ -25,7 +25,8 @@ from pipelines.loaders import load_dataset
 from pipelines.outputs import RunPaths, new_run_id
 from trainers.defenses.curate import curate_dataset, load_scores
 from trainers.evaluate import load_trigger
-from trainers.train import find_trigger, read_baseline, resolve_training, run_metrics, save_run, train_defended
+from trainers.train import (find_trigger, read_baseline, resolve_training, run_metrics, save_run, train_defended,
+                            truth_beside)
 
 from .params import TrainParams
 
@@ -79,7 +80,8 @@ def evaluate_task(model, info: dict, ds: ImageDataset, params: TrainParams, arch
 @task(name="save", cache_policy=NO_CACHE)
 def save_task(model, info: dict, metrics: dict, ds: ImageDataset, params: TrainParams, arch: str, cfg,
               trigger_spec: dict | None) -> str:
-    return str(save_run(model, info, metrics, params.out, arch=arch, train_ds=ds, cfg=cfg, trigger_spec=trigger_spec))
+    return str(save_run(model, info, metrics, params.out, arch=arch, train_ds=ds, cfg=cfg, trigger_spec=trigger_spec,
+                        truth=truth_beside(params.data)))
 
 
 @flow(name="curate-then-train", log_prints=True)

@@ -192,22 +192,36 @@ def trigger_panel(images: np.ndarray, flagged: np.ndarray, class_name: str,
 
 
 def training_curves(history: list[dict], title: str = "Training") -> str | None:
-    """Loss and accuracy per epoch (and any per-epoch CA / ASR the run recorded)."""
+    """Loss and accuracy per epoch (and any per-epoch CA / ASR the run recorded). A run in
+    stages (ABL: isolation, fine-tuning, unlearning) is drawn stage after stage on one axis
+    of epochs run, each stage in its own colour."""
     if not history:
         return None
     plt = _plt()
-    ep = [h.get("epoch", i) + 1 for i, h in enumerate(history)]
+    x = np.arange(1, len(history) + 1)
+    stage = [str(h.get("stage", "")) for h in history]
+    segments: list[tuple[str, np.ndarray]] = []
+    for i, s in enumerate(stage):
+        if segments and segments[-1][0] == s:
+            segments[-1] = (s, np.append(segments[-1][1], i))
+        else:
+            segments.append((s, np.array([i])))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8.5, 2.6))
-    ax1.plot(ep, [h.get("loss", np.nan) for h in history], marker=".", label="train loss")
-    if any("objective" in h and h["objective"] != h.get("loss") for h in history):
-        ax1.plot(ep, [h.get("objective", np.nan) for h in history], marker=".", label="objective")
-    ax1.set(xlabel="epoch", title=f"{title}: loss")
-    ax1.legend(fontsize=7, frameon=False)
-    ax2.plot(ep, [h.get("acc", np.nan) for h in history], marker=".", label="train accuracy")
-    for key, label in (("clean_acc", "CA"), ("asr", "ASR")):
-        if any(key in h for h in history):
-            ax2.plot(ep, [h.get(key, np.nan) for h in history], marker=".", label=label)
-    ax2.set(xlabel="epoch", ylim=(0, 1.02), title=f"{title}: accuracy")
-    ax2.legend(fontsize=7, frameon=False)
+    for name, idx in segments:
+        tag = f"{name}: " if name else ""
+        line = ax1.plot(x[idx], [history[i].get("loss", np.nan) for i in idx], marker=".", label=f"{tag}train loss")
+        ax2.plot(x[idx], [history[i].get("acc", np.nan) for i in idx], marker=".", color=line[0].get_color(),
+                 label=f"{tag}train accuracy")
+        for key, label, ls in (("clean_acc", "CA", "--"), ("asr", "ASR", ":")):
+            if any(key in history[i] for i in idx):
+                ax2.plot(x[idx], [history[i].get(key, np.nan) for i in idx], ls=ls, marker=".",
+                         color=line[0].get_color(), label=f"{tag}{label}")
+    for _, idx in segments[1:]:
+        for ax in (ax1, ax2):
+            ax.axvline(x[idx[0]] - 0.5, color="#bbbbbb", lw=0.8)
+    ax1.set(xlabel="epoch (all stages)" if len(segments) > 1 else "epoch", title=f"{title}: loss")
+    ax2.set(xlabel="epoch (all stages)" if len(segments) > 1 else "epoch", ylim=(0, 1.02), title=f"{title}: accuracy")
+    for ax in (ax1, ax2):
+        ax.legend(fontsize=6, frameon=False)
     fig.tight_layout()
     return _png(fig)

@@ -105,3 +105,62 @@ def test_the_report_renders_in_headless_chromium(tmp_path):
             browser.close()
     assert not errors, errors
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+def _open(page, path: Path, errors: list[str]) -> None:
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(path.as_uri())
+    page.wait_for_load_state("load")
+    images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
+    assert images and not [alt for ok, width, alt in images if not ok or width == 0], images
+
+
+def test_train_and_purify_reports_render_in_headless_chromium(tmp_path):
+    """A real (tiny) ABL run on poisoned digits and a fine-tuning purification of it: each
+    run folder gets a report.html with its CA / ASR table, its curves and (ABL) the isolated
+    rows, and both render with no broken image or console error."""
+    from playwright.sync_api import sync_playwright
+
+    from pipelines.parquet_io import write_dataset_parquet
+    from pipelines.simulate import write_simulation
+    from trainers.purify.residual import ResidualConfig
+    from trainers.purify.run import purify_and_save
+    from trainers.train import train_and_save
+
+    ds = load_digits_rgb(size=16)
+    perm = np.random.default_rng(0).permutation(len(ds))
+    train, test, clean = ds.subset(perm[:600]), ds.subset(perm[600:900]), ds.subset(perm[900:1100])
+    sim = simulate(train, SimulationSpec(attack="badnets", poison_rate=0.1, seed=0))
+    files = write_simulation(sim, tmp_path / "dirty")
+    write_dataset_parquet(test, tmp_path / "test.parquet")
+    model_dir = tmp_path / "abl"
+    train_and_save(files["data"], model_dir, test=tmp_path / "test.parquet", model="small_cnn", preset="cpu_small",
+                   epochs=2, device="cpu", log=None, defense="abl",
+                   defense_options={"isolation_epochs": 2, "unlearn_epochs": 1, "isolation_ratio": 0.05})
+    purified = tmp_path / "ft"
+    purify_and_save(clean=clean, method="ft", out=purified, model_dir=model_dir, test=test, trigger=sim.trigger,
+                    options={"epochs": 1}, device="cpu", log=None, force=True,
+                    residual=ResidualConfig(rows=40, steps_per_class=40))
+    train_html = (model_dir / "report.html").read_text()
+    assert "Rows ABL isolated (30)" in train_html and "Against the truth table:" in train_html
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            _open(page, model_dir / "report.html", errors)
+            for selector in ("#results table", "#training-curves", "#rows figure.tile", "#facts"):
+                assert page.locator(selector).count() >= 1, selector
+            assert page.locator("#rows figure.tile").count() == 30
+            assert "Stages, in order: isolation, finetune, unlearn" in page.locator("#curves").inner_text()
+            page.screenshot(path=str(ARTIFACTS / "train-report.png"), full_page=True)
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(purified.joinpath("report.html").as_uri())
+            page.wait_for_load_state("load")
+            assert page.locator("#results table tr").count() == 3 and page.locator("#residual-summary").count() == 1
+            assert "Backdoor evidence before:" in page.locator("#residual-summary").inner_text()
+            page.screenshot(path=str(ARTIFACTS / "purify-report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert not errors, errors

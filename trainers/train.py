@@ -11,6 +11,7 @@ import numpy as np
 from pipelines.atomic import atomic_write_json
 from pipelines.dataset import ImageDataset
 from pipelines.errors import VetsetError
+from pipelines.run_report import render_train_report
 
 from .accel import is_cuda
 from .evaluate import der, evaluate, load_trigger
@@ -141,8 +142,10 @@ def run_metrics(model, info: dict, train_ds: ImageDataset, *, arch: str, cfg: Tr
 
 
 def save_run(model, info: dict, metrics: dict, out: str | os.PathLike, *, arch: str, train_ds: ImageDataset,
-             cfg: TrainConfig, trigger_spec: dict | None = None) -> Path:
-    """Save the model (with the defense's inference wrapper) and metrics.json under ``out``."""
+             cfg: TrainConfig, trigger_spec: dict | None = None, truth=None) -> Path:
+    """Save the model (with the defense's inference wrapper), metrics.json and report.html
+    under ``out`` (``truth``: the simulation's truth table, for the report's isolated-rows
+    share)."""
     from .saved import bare_model
 
     net = bare_model(model)
@@ -156,6 +159,7 @@ def save_run(model, info: dict, metrics: dict, out: str | os.PathLike, *, arch: 
                           "trigger": trigger_spec, "defense": info.get("defense", "none"),
                           "defense_config": info.get("defense_config", {})})
         atomic_write_json(metrics, Path(out) / METRICS_FILE)
+        render_train_report(metrics, out, train_ds, truth)
     return Path(out)
 
 
@@ -192,5 +196,22 @@ def train_and_save(data: str | os.PathLike | ImageDataset, out: str | os.PathLik
                                seed=seed, pretrained=pretrained, log=log)
     metrics = run_metrics(net, info, train_ds, arch=arch, cfg=cfg, test_ds=test_ds, trigger_spec=trigger_spec,
                           tta_flip=tta_flip, baseline=baseline)
-    save_run(net, info, metrics, out, arch=arch, train_ds=train_ds, cfg=cfg, trigger_spec=trigger_spec)
+    save_run(net, info, metrics, out, arch=arch, train_ds=train_ds, cfg=cfg, trigger_spec=trigger_spec,
+             truth=truth_beside(data))
     return metrics
+
+
+def truth_beside(data):
+    """The simulator's truth.parquet beside ``data`` (``vetset poison`` writes both), if any:
+    the train report says how many isolated / dropped rows were really dirty."""
+    if not isinstance(data, (str, os.PathLike)):
+        return None
+    path = Path(data).parent / "truth.parquet"
+    if not Path(data).is_file() or not path.exists():
+        return None
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path, columns=["sample_id", "is_poisoned", "is_noisy"])
+    except (OSError, ValueError, KeyError):  # not a truth table: the report leaves the share out
+        return None

@@ -13,6 +13,7 @@ import torch
 from pipelines.atomic import atomic_write_json, atomic_write_text
 from pipelines.dataset import ImageDataset
 from pipelines.errors import VetsetError
+from pipelines.run_report import render_purify_report
 
 from ..evaluate import der, evaluate, load_trigger, resolve_trigger
 from ..models import CIFAR10_MEAN, CIFAR10_STD, ImageClassifier, build_model
@@ -306,6 +307,7 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
                    extra={"purification": metrics["purification"], "trigger": trigger_spec})
         atomic_write_json(_jsonable(metrics), out / METRICS_FILE)
         atomic_write_text(report_markdown(metrics), out / REPORT_FILE)
+        render_purify_report(_jsonable(metrics), out)
     return _jsonable(metrics)
 
 
