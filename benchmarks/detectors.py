@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--opt", action="append", default=[], help="detector.option=value, e.g. agpd.epochs=20")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--save", type=Path, default=None, help="keep each cell's detector results here (for --redecide)")
+    p.add_argument("--reports", type=Path, default=None,
+                   help="keep each cell's audit folder (report.html, scores, verdict) here, one folder a cell")
     p.add_argument("--redecide", type=Path, default=None, help="re-run only the verdict on a --save folder")
     p.add_argument("--skip-done", action="store_true", help="with --save: skip cells already saved")
     args = p.parse_args(argv)
@@ -295,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                 sim = simulate(clean, make_spec(name, rate, args.noise_rate, seed, probs))
                 ctx = AuditContext(device=args.device, seed=seed, trusted=trusted)
                 start = time.perf_counter()
-                result = run_audit(sim.dataset, detectors, RunPaths(Path(tmp.name) / stem), run_id=stem, ctx=ctx,
+                root = (args.reports or Path(tmp.name)) / stem
+                result = run_audit(sim.dataset, detectors, RunPaths(root), run_id=stem, ctx=ctx,
                                    options=options, truth=sim.truth)
                 seconds = time.perf_counter() - start
                 cell = {"scenario": name, "rate": rate, "seed": seed, "seconds": seconds,
