@@ -25,7 +25,8 @@ from pipelines.loaders import load_dataset
 from pipelines.outputs import RunPaths, new_run_id
 from trainers.defenses.curate import curate_dataset, load_scores
 from trainers.evaluate import load_trigger
-from trainers.train import (find_trigger, read_baseline, resolve_training, run_metrics, save_run, train_defended,
+from trainers.train import (find_trigger, monitor_for, read_baseline, resolve_training, run_metrics, save_run,
+                            train_defended,
                             truth_beside)
 
 from .params import TrainParams
@@ -63,9 +64,11 @@ def curate_task(ds: ImageDataset, scores: pd.DataFrame, relabel: bool, min_confi
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_task(kept: ImageDataset, params: TrainParams, arch: str, cfg) -> tuple[Any, dict]:
+def train_task(kept: ImageDataset, params: TrainParams, arch: str, cfg, trigger_spec: dict | None) -> tuple[Any, dict]:
     logger = get_run_logger()
-    model, info = train_defended(kept, arch=arch, cfg=cfg, defense="none", seed=params.seed, log=logger.info)
+    monitor = monitor_for(load_dataset(params.test), trigger_spec, 1000, cfg) if params.test else None
+    model, info = train_defended(kept, arch=arch, cfg=cfg, defense="none", seed=params.seed, log=logger.info,
+                                 monitor=monitor)
     return model, info
 
 
@@ -96,15 +99,15 @@ def curate_train_flow(params: TrainParams) -> dict:
     kept, curation = curate_task(ds, scores, params.relabel, params.min_confidence)
     arch, cfg = resolve_training(params.model, params.preset, epochs=params.epochs, batch_size=params.batch_size,
                                  lr=params.lr, device=params.device, seed=params.seed)
-    model, info = train_task(kept, params, arch, cfg)
+    trigger = params.trigger or (find_trigger(params.data) if params.test else None)
+    trigger_spec = load_trigger(trigger) if trigger else None
+    model, info = train_task(kept, params, arch, cfg, trigger_spec)
     info["defense"] = "curate"
     info["defense_config"] = {"scores": scores_source, "relabel": params.relabel,
                               "min_confidence": params.min_confidence,
                               "detectors": None if params.scores else list(params.detectors)}
     info["curation"] = curation
     info["n_train"] = curation["n_kept"]
-    trigger = params.trigger or (find_trigger(params.data) if params.test else None)
-    trigger_spec = load_trigger(trigger) if trigger else None
     metrics = evaluate_task(model, info, ds, params, arch, cfg, trigger_spec)
     save_task(model, info, metrics, ds, params, arch, cfg, trigger_spec)
     lines = [f"# vetset curate-then-train: `{params.out}`", "",

@@ -94,6 +94,12 @@ def render_train_report(metrics: dict, out: str | Path, train_ds: ImageDataset |
     stages = sorted({h.get("stage") for h in history if h.get("stage")}, key=[h.get("stage") for h in history].index)
     curves = _img(plots.training_curves(history, "Training"), "training-curves", "training curves")
     stage_note = f"<p>Stages, in order: {html.escape(', '.join(stages))}.</p>" if len(stages) > 1 else ""
+    monitored = [h["monitor_rows"] for h in history if h.get("monitor_rows")]
+    if monitored:
+        what = "CA and ASR" if any("asr" in h for h in history) else "CA"
+        stage_note += (f'<p id="monitor-note">{what} per epoch: the network being trained, on {monitored[0]} '
+                       "evenly spread test rows (without an inference wrapper); the table above is the final "
+                       "model on the whole test set.</p>")
     info = metrics.get("defense_info") or {}
     ids, title = [], ""
     if info.get("isolated_ids"):

@@ -135,9 +135,11 @@ def test_train_and_purify_reports_render_in_headless_chromium(tmp_path):
     files = write_simulation(sim, tmp_path / "dirty")
     write_dataset_parquet(test, tmp_path / "test.parquet")
     model_dir = tmp_path / "abl"
-    train_and_save(files["data"], model_dir, test=tmp_path / "test.parquet", model="small_cnn", preset="cpu_small",
-                   epochs=2, device="cpu", log=None, defense="abl",
-                   defense_options={"isolation_epochs": 2, "unlearn_epochs": 1, "isolation_ratio": 0.05})
+    metrics = train_and_save(files["data"], model_dir, test=tmp_path / "test.parquet", model="small_cnn",
+                             preset="cpu_small", epochs=2, device="cpu", log=None, defense="abl",
+                             defense_options={"isolation_epochs": 2, "unlearn_epochs": 1, "isolation_ratio": 0.05})
+    # every epoch of every stage carries CA and ASR on the test rows (the trigger.json beside the data)
+    assert metrics["history"] and all({"clean_acc", "asr"} <= set(h) for h in metrics["history"])
     purified = tmp_path / "ft"
     purify_and_save(clean=clean, method="ft", out=purified, model_dir=model_dir, test=test, trigger=sim.trigger,
                     options={"epochs": 1}, device="cpu", log=None, force=True,
@@ -154,6 +156,7 @@ def test_train_and_purify_reports_render_in_headless_chromium(tmp_path):
                 assert page.locator(selector).count() >= 1, selector
             assert page.locator("#rows figure.tile").count() == 30
             assert "Stages, in order: isolation, finetune, unlearn" in page.locator("#curves").inner_text()
+            assert "CA and ASR per epoch" in page.locator("#monitor-note").inner_text()
             page.screenshot(path=str(ARTIFACTS / "train-report.png"), full_page=True)
             page = browser.new_page(viewport={"width": 1100, "height": 900})
             page.goto(purified.joinpath("report.html").as_uri())

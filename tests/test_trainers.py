@@ -149,6 +149,36 @@ def test_training_is_repeatable_with_a_seed():
     assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
 
 
+def test_epoch_monitor_records_ca_and_asr_and_leaves_the_weights_alone():
+    """Per-epoch CA / ASR (trainers.evaluate.epoch_monitor_for inside loop.epoch_monitor) join
+    each history record; the run's weights equal those of an unmonitored run (RNG and
+    train/eval modes restored), and outside the block nothing is recorded."""
+    from trainers.evaluate import epoch_monitor_for
+    from trainers.loop import epoch_monitor
+
+    x, y = cifar("train", 500)
+    xt, yt = cifar("test", 200)
+    spec = {"attack": "badnets", "target": 0, "params": {"size": 3, "margin": 0}, "seed": 0, "image_size": [32, 32]}
+    check = epoch_monitor_for(dataset(xt, yt), spec, rows=150)
+    cfg = TrainConfig(epochs=2, batch_size=128, lr=0.05, seed=3, device="cpu")
+    runs = []
+    for monitored in (True, False):
+        model = build_model("small_cnn", 10, seed=0)
+        with epoch_monitor(check if monitored else None):
+            result = fit(model, x, y, cfg)
+        runs.append((model.state_dict(), result.history))
+    (with_state, with_hist), (bare_state, bare_hist) = runs
+    assert all(torch.equal(with_state[k], bare_state[k]) for k in with_state)
+    assert [h["loss"] for h in with_hist] == [h["loss"] for h in bare_hist]
+    assert all(h["monitor_rows"] == 150 and 0 <= h["clean_acc"] <= 1 and 0 <= h["asr"] <= 1 for h in with_hist)
+    assert not any("clean_acc" in h for h in bare_hist)
+    # the check is the evaluation on those rows: the last epoch's CA is the final model's
+    keep = np.linspace(0, 199, 150).round().astype(int)
+    model = build_model("small_cnn", 10, seed=0)
+    model.load_state_dict(with_state)
+    assert with_hist[-1]["clean_acc"] == float((predict_logits(model, xt[keep]).argmax(1) == yt[keep]).mean())
+
+
 def test_hooks_ascent_extra_rows_transform_and_stop():
     x, y = cifar("train", 400)
     base = build_model("small_cnn", 10, seed=1)

@@ -86,6 +86,33 @@ def evaluate(model: nn.Module, test: ImageDataset, trigger: dict | str | os.Path
     return result
 
 
+def epoch_monitor_for(test: ImageDataset, trigger: dict | str | os.PathLike | TriggerFn | None = None, *,
+                      rows: int = 1000, batch_size: int = 1024) -> Callable[[nn.Module], dict]:
+    """A per-epoch check for :func:`trainers.loop.epoch_monitor`: CA (and ASR with a trigger)
+    of the network being trained on up to ``rows`` evenly spread readable test rows (the
+    triggered copies are made once). The bare network, without an inference wrapper (PDB's
+    defensive trigger is applied only at the end)."""
+    keep = np.flatnonzero(~test.unreadable) if test.unreadable is not None else np.arange(len(test))
+    if rows and len(keep) > rows:
+        keep = keep[np.linspace(0, len(keep) - 1, rows).round().astype(int)]
+    images, labels = test.images[keep], test.labels[keep]
+    poisoned, tgt = None, None
+    if trigger is not None:
+        apply, tgt = resolve_trigger(trigger)
+        if tgt is not None:
+            rows_bd = labels != tgt
+            poisoned = np.asarray(apply(np.ascontiguousarray(images[rows_bd])), dtype=np.uint8)
+
+    def check(model: nn.Module) -> dict:
+        pred = predict_logits(model, images, batch_size).argmax(1)
+        out = {"clean_acc": float((pred == labels).mean()), "monitor_rows": int(len(labels))}
+        if poisoned is not None and len(poisoned):
+            out["asr"] = float((predict_logits(model, poisoned, batch_size).argmax(1) == tgt).mean())
+        return out
+
+    return check
+
+
 def der(ca_defended: float, asr_defended: float, ca_undefended: float, asr_undefended: float) -> float:
     """Defense effectiveness rating: (max(0, dASR) - max(0, dCA) + 1) / 2 (BackdoorBench)."""
     return (max(0.0, asr_undefended - asr_defended) - max(0.0, ca_undefended - ca_defended) + 1) / 2

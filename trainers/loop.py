@@ -15,6 +15,8 @@ epoch's permutation. See docs/training.md.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 import time
@@ -348,6 +350,36 @@ def _extra_rows(extra: Any, device: torch.device, cfg: TrainConfig, gen: torch.G
     return images, labels.to(device=device, dtype=torch.long)
 
 
+_EPOCH_MONITOR: contextvars.ContextVar[Callable[[nn.Module], dict] | None] = contextvars.ContextVar(
+    "vetset_epoch_monitor", default=None)
+
+
+@contextlib.contextmanager
+def epoch_monitor(check: Callable[[nn.Module], dict] | None):
+    """Within the block, every :func:`fit` adds ``check(model)`` (e.g. per-epoch CA / ASR on
+    test rows, :func:`trainers.evaluate.epoch_monitor_for`) to each epoch's history record.
+    The check runs with the RNG state saved and restored and the modules' train/eval modes
+    put back, so the weights are those of a run without it. Scoped to the calling context
+    (a contextvar), so a training in another thread or task is not monitored."""
+    token = _EPOCH_MONITOR.set(check)
+    try:
+        yield
+    finally:
+        _EPOCH_MONITOR.reset(token)
+
+
+def _monitored(model: nn.Module, device: torch.device) -> dict:
+    check = _EPOCH_MONITOR.get()
+    if check is None:
+        return {}
+    modes = [m.training for m in model.modules()]
+    with torch.random.fork_rng(devices=[device] if is_cuda(device) else []):
+        result = check(model)
+    for m, mode in zip(model.modules(), modes):
+        m.training = mode
+    return result
+
+
 def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[int] | np.ndarray | torch.Tensor,
         cfg: TrainConfig | None = None, hooks: TrainHooks | None = None,
         log: Callable[[dict], Any] | None = None, checkpoint: Checkpoint | None = None) -> TrainResult:
@@ -359,7 +391,8 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
     Returns the same model (moved to the device, in eval mode) and one dict per epoch:
     ``epoch``, ``loss`` (mean per-sample cross-entropy of the main rows), ``objective``
     (mean of what was optimised, after hooks and ascent), ``acc`` (training accuracy on the
-    augmented main rows), ``lr`` (at the epoch's end), ``seconds``.
+    augmented main rows), ``lr`` (at the epoch's end), ``seconds``; inside
+    :func:`epoch_monitor`, also what its check returns (e.g. ``clean_acc``, ``asr``).
     """
     cfg = cfg or TrainConfig()
     hooks = hooks or TrainHooks()
@@ -529,6 +562,7 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
             "lr": float(optimizer.param_groups[0]["lr"]),
             "seconds": time.perf_counter() - t0,
         }
+        record.update(_monitored(model, device))
         history.append(record)
         if log is not None:
             log(record)

@@ -88,15 +88,20 @@ def resolve_training(model: str = "auto", preset: str = "auto", config: TrainCon
 
 def train_defended(train_ds: ImageDataset, *, arch: str, cfg: TrainConfig, defense: str = "none",
                    defense_options: dict | None = None, seed: int = 0, pretrained: str | None = None,
-                   log: Callable[[str], Any] | None = print):
+                   log: Callable[[str], Any] | None = print,
+                   monitor: Callable[[Any], dict] | None = None):
     """Train with ``defense`` (a name in ``trainers.defenses.DEFENSES``); returns (model, info).
-    The model is the one to use at inference (wrapped when the defense needs a wrapper)."""
+    The model is the one to use at inference (wrapped when the defense needs a wrapper).
+    ``monitor``: a per-epoch check (:func:`trainers.evaluate.epoch_monitor_for`) whose numbers
+    join each epoch's history record, in every stage of the defense."""
     from .defenses import build_defense
+    from .loop import epoch_monitor
 
     chosen = build_defense(defense, defense_options)
     quiet = log if is_main_process() else None
-    model, info = chosen.train(train_ds, cfg, model_name=arch, device=cfg.device, seed=seed, log=quiet,
-                               pretrained=pretrained)
+    with epoch_monitor(monitor):
+        model, info = chosen.train(train_ds, cfg, model_name=arch, device=cfg.device, seed=seed, log=quiet,
+                                   pretrained=pretrained)
     info["defense"] = defense
     info["defense_config"] = chosen.config_dict()
     return model, info
@@ -171,7 +176,8 @@ def train_and_save(data: str | os.PathLike | ImageDataset, out: str | os.PathLik
                    trigger: str | os.PathLike | dict | None = None, pretrained: str | None = None,
                    tta_flip: bool = False, log: Callable[[str], Any] | None = print,
                    defense: str = "none", defense_options: dict | None = None,
-                   baseline_metrics: str | os.PathLike | dict | None = None) -> dict:
+                   baseline_metrics: str | os.PathLike | dict | None = None,
+                   monitor_rows: int = 1000) -> dict:
     """Train ``model`` on ``data`` with ``defense`` (none, abl, pdb, curate; options in
     ``defense_options``, e.g. ``{"scores": "runs/x/scores.parquet"}`` for curate), save it to
     ``out`` (model.safetensors, config.json) and write ``out/metrics.json``; returns the metrics.
@@ -180,7 +186,9 @@ def train_and_save(data: str | os.PathLike | ImageDataset, out: str | os.PathLik
     either. Unreadable rows are left out of training. With ``test`` the metrics hold CA and
     per-class accuracy, and with a ``trigger`` (trigger.json path or spec dict; by default the
     simulator's trigger.json beside ``data`` when there is one) ASR and RA; with
-    ``baseline_metrics`` (an undefended run's metrics.json) DER.
+    ``baseline_metrics`` (an undefended run's metrics.json) DER. With ``test``, each epoch's
+    history record (and the report's curves) also holds CA, and ASR with a trigger, measured
+    on ``monitor_rows`` evenly spread test rows (0 = none).
     """
     train_ds = _as_dataset(data)
     test_ds = _as_dataset(test) if test is not None else None
@@ -193,12 +201,22 @@ def train_and_save(data: str | os.PathLike | ImageDataset, out: str | os.PathLik
     if not (~train_ds.unreadable).any():
         raise VetsetError("no readable rows to train on")
     net, info = train_defended(train_ds, arch=arch, cfg=cfg, defense=defense, defense_options=defense_options,
-                               seed=seed, pretrained=pretrained, log=log)
+                               seed=seed, pretrained=pretrained, log=log,
+                               monitor=monitor_for(test_ds, trigger_spec, monitor_rows, cfg))
     metrics = run_metrics(net, info, train_ds, arch=arch, cfg=cfg, test_ds=test_ds, trigger_spec=trigger_spec,
                           tta_flip=tta_flip, baseline=baseline)
     save_run(net, info, metrics, out, arch=arch, train_ds=train_ds, cfg=cfg, trigger_spec=trigger_spec,
              truth=truth_beside(data))
     return metrics
+
+
+def monitor_for(test_ds: ImageDataset | None, trigger_spec: dict | None, rows: int, cfg: TrainConfig):
+    """The per-epoch CA / ASR check on ``rows`` test rows, or None without a test set."""
+    from .evaluate import epoch_monitor_for
+
+    if test_ds is None or rows <= 0 or not (~test_ds.unreadable).any():
+        return None
+    return epoch_monitor_for(test_ds, trigger_spec, rows=rows, batch_size=cfg.eval_batch_size)
 
 
 def truth_beside(data):
