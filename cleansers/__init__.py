@@ -15,5 +15,6 @@ audits with ABL instead. Measurements: docs/benchmarks.md, "Detectors" and "Demo
 from . import abl, activation_clustering, agpd, confident, dynamics, spectral  # noqa: F401  (registration)
 from . import vdc  # noqa: F401
 from . import pixel_stats, sentinet  # noqa: F401
+from . import clip  # noqa: F401  (open_clip is imported only when a clip detector runs)
 
 DEFAULT_DETECTORS: tuple[str, ...] = ("agpd", "dynamics", "confident", "sentinet")
