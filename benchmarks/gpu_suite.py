@@ -59,7 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-SECTIONS = ("speed", "clean_ca", "audit", "defenses", "purify", "vdc", "selection")
+SECTIONS = ("speed", "clean_ca", "audit", "defenses", "purify", "vdc", "clip", "selection")
 PURIFIERS = ("ft", "fp", "nc", "sau", "npd", "ftsam", "tsbd", "awm")
 
 
@@ -86,6 +86,7 @@ class Scale:
     clean_rows: int = 2500
     purify_options: dict = field(default_factory=dict)
     vdc_argv: tuple[str, ...] = ()
+    clip_argv: tuple[str, ...] = ()  # benchmarks/clip_speed.py: open_clip embedding speed, clip / clip_knn decisions
     selection_budget: float = 0.01
     selection_options: dict = field(default_factory=dict)
     estimates: dict = field(default_factory=dict)
@@ -98,10 +99,12 @@ GPU = Scale(
     defense_epochs=30, clean_rows=2500,
     vdc_argv=("--arch", "llava-1.5-7b", "--device", "cuda", "--images", "64", "--batch-sizes", "32", "64",
               "--generate-images", "32", "--generate-batch", "16", "--one-by-one-images", "2"),
+    clip_argv=("--arch", "ViT-B-32", "--rows", "20000", "--batch-size", "512", "--device", "cuda",
+               "--decide-rows", "50000"),
     # guesses until the first GPU run replaces them with measured figures: the audit trains the
     # detection model (30 epochs) and, on CUDA, confident learning's 5 fold models
     estimates={"speed": 50, "clean_ca": 60, "audit": 200, "reference": 40, "defenses": 130, "purify": 30,
-               "vdc": 90, "selection": 120},
+               "vdc": 90, "clip": 60, "selection": 120},
 )
 
 SMOKE = Scale(
@@ -118,9 +121,10 @@ SMOKE = Scale(
     vdc_argv=("--arch", "tiny", "--device", "cpu", "--images", "4", "--batch-sizes", "4",
               "--generate-images", "2", "--generate-batch", "4", "--one-by-one-images", "1",
               "--image-size", "56", "--desc-new", "4", "--yesno-new", "2"),
+    clip_argv=("--arch", "ViT-B-32", "--rows", "8", "--batch-size", "8", "--device", "cpu", "--decide-rows", "600"),
     selection_budget=0.02, selection_options={"rounds": 1},
     estimates={"speed": 5, "clean_ca": 3, "audit": 15, "reference": 3, "defenses": 10, "purify": 5, "vdc": 15,
-               "selection": 5},
+               "clip": 5, "selection": 5},
 )
 
 
@@ -391,6 +395,12 @@ class Suite:
                 "agreement": result.get("agreement")}
 
 
+    def section_clip(self) -> dict:
+        import clip_speed  # benchmarks/clip_speed.py
+
+        result = clip_speed.main([*self.scale.clip_argv, "--data", str(self.data / "train.parquet")])
+        return {"embed": result.get("embed"), "decide": result["decide"]}
+
     def section_selection(self) -> dict:
         from pipelines.simulate import SimulationSpec, simulate
         from trainers import evaluate, fit
@@ -523,6 +533,13 @@ def summary_markdown(doc: dict) -> str:
                       "| selection | rows | CA | ASR | selection s |", "|---|---|---|---|---|"]
             lines += [f"| {x['selection']} | {x['n_poisoned']} | {_fmt(x['clean_acc'])} | {_fmt(x['asr'])} | "
                       f"{x['select_seconds']:.0f} |" for x in r["rows"]]
+        elif name == "clip":
+            e = r.get("embed") or {}
+            lines += [f"{e.get('arch')} {e.get('input')} on {e.get('device')} ({e.get('dtype')}): "
+                      f"{_fmt(e.get('images_per_second'), 1)} images/s", "",
+                      "| rows | clip s | clip_knn s |", "|---|---|---|"]
+            lines += [f"| {d['rows']} | {_fmt(d['clip_seconds'], 2)} | {_fmt(d['clip_knn_seconds'], 2)} |"
+                      for d in r["decide"]]
         elif name == "vdc":
             lines += [f"{r['arch']} on {r['device']}: best {_fmt(r['best_images_per_s'], 2)} images/s "
                       f"({r['best_path']}); 6 questions per image"]

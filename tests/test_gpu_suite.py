@@ -44,6 +44,7 @@ def test_smoke_runs_every_section_and_writes_json_and_markdown(tmp_path, cifar_d
     assert [r["method"] for r in s["purify"]["rows"]] == ["none", *gpu_suite.PURIFIERS]
     assert all("clean_acc" in r and "asr" in r for r in s["purify"]["rows"]), s["purify"]["rows"]
     assert s["vdc"]["best_images_per_s"] > 0
+    assert s["clip"]["embed"]["images_per_second"] > 0 and s["clip"]["decide"][0]["rows"] == 600
     assert [r["selection"] for r in s["selection"]["rows"]] == ["random", "lps"]
     assert s["selection"]["rows"][0]["n_poisoned"] == s["selection"]["rows"][1]["n_poisoned"] == 10
     md = (out / "summary.md").read_text()

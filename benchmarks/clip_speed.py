@@ -2,8 +2,8 @@
 weights do not change the cost, so a randomly initialised model is timed: nothing is
 downloaded) and the decision time of ``clip`` / ``clip_knn`` on N rows of D-dim embeddings.
 
-    python benchmarks/clip.py --arch ViT-B-32 --rows 256 --decide-rows 6000,50000      # CPU
-    python benchmarks/clip.py --arch ViT-B-32 --rows 20000 --device cuda --decide-rows 50000 \\
+    python benchmarks/clip_speed.py --arch ViT-B-32 --rows 256 --decide-rows 6000,50000      # CPU
+    python benchmarks/clip_speed.py --arch ViT-B-32 --rows 20000 --device cuda --decide-rows 50000 \\
         --json $OUT/clip.json                                                        # GPU
 
 Quality needs a pretrained model, which this machine does not have: see docs/clip.md.
@@ -82,7 +82,8 @@ def decide_speed(n: int, dim: int = 512, k: int = 10) -> dict:
             "planted_fpr_clip_knn": round(float(kn.flag[~wrong].mean()), 4)}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> dict:
+    """Run with ``argv`` (the command line's options); print the tables; return the figures."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="ViT-B-32")
     p.add_argument("--rows", type=int, default=256, help="images to embed (0 = skip)")
@@ -91,7 +92,7 @@ def main() -> int:
     p.add_argument("--data", type=Path, default=None, help="a Parquet file to take the images from")
     p.add_argument("--decide-rows", default="6000", help="comma-separated row counts for the decision timing")
     p.add_argument("--json", type=Path, default=None)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     out: dict = {"threads": torch.get_num_threads()}
     if a.rows:
         out["embed"] = embed_speed(a.arch, a.rows, a.device, a.batch_size, a.data)
@@ -107,8 +108,9 @@ def main() -> int:
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(out, indent=2))
-    return 0
+    return out
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()
+    raise SystemExit(0)
