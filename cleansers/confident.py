@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.dataset import ImageDataset
+from pipelines.errors import VetsetError
 
 from .base import DETECTORS, AuditContext, Detector, DetectorResult
 from trainers.accel import is_cuda
@@ -64,6 +65,9 @@ class ConfidentConfig:
     max_agreement: float = 0.5
     k: int = 20
     min_accuracy: float = 0.5
+    # the space of the neighbour-agreement bar: "model" (the detection model's features) or
+    # "clip" (the image embeddings of a clip / clip_knn detector that ran earlier in the audit)
+    features: str = "model"
 
 
 def find_label_issues(probs: np.ndarray, labels: np.ndarray, filter_by: str = "prune_by_noise_rate") -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +99,19 @@ def mean_rank(*columns: np.ndarray) -> np.ndarray:
     return np.mean(ranks, axis=0)
 
 
+def _clip_agreement(data: ImageDataset, ctx: AuditContext, k: int) -> np.ndarray:
+    """Each row's share of its k nearest neighbours (cosine, CLIP image embeddings of an
+    earlier clip / clip_knn detector in this audit) that carry its label."""
+    found = [v[0] for key, v in ctx.model_cache.items()
+             if isinstance(key, tuple) and key[:1] == ("clip_embeddings",) and key[-1] == data.fingerprint]
+    if not found:
+        raise VetsetError("confident features=clip needs the clip or clip_knn detector earlier in --detectors "
+                          "(it embeds the images)")
+    from .clip.scoring import neighbour_votes
+
+    return neighbour_votes(found[0], data.labels, data.num_classes, k)[1]
+
+
 @DETECTORS.register("confident")
 class ConfidentLearning(Detector):
     name = "confident"
@@ -118,7 +135,11 @@ class ConfidentLearning(Detector):
         dm, signals = shared_signals(data, ctx, ModelSpec.from_options(cfg.arch, cfg.epochs), cfg.k)
         conf_in, aum, agree = (signals[:, SIGNALS.index(s)] for s in ("conf", "aum", "knn"))
         folds = self._folds(ctx)
-        info: dict = {"folds": folds, "filter_by": cfg.filter_by}
+        info: dict = {"folds": folds, "filter_by": cfg.filter_by, "features": cfg.features}
+        if cfg.features == "clip":
+            agree = _clip_agreement(data, ctx, cfg.k)
+        elif cfg.features != "model":
+            raise VetsetError(f"confident features={cfg.features!r}: use model or clip")
         if folds:
             spec = ModelSpec.from_options(cfg.arch, cfg.fold_epochs)
             if cfg.fold_epochs is None:
