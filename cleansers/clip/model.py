@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from pipelines.errors import VetsetError
+from trainers.accel import is_cuda
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 CONFIG_FILE = "open_clip_config.json"
@@ -175,7 +176,7 @@ def resolve_source(model: str, arch: str | None = None) -> tuple[str, Path, Path
 
 def _pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if is_cuda(device) else torch.float32
     table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
              "fp16": torch.float16, "float16": torch.float16}
     if dtype not in table:
