@@ -106,6 +106,8 @@ class TrainParams(BaseModel):
     relabel: bool = Field(False, description="curate: relabel flagged rows with a confident suggestion, not drop")
     min_confidence: float = Field(0.0, ge=0, le=1, description="curate: least suggested_confidence to relabel")
     baseline_metrics: str | None = Field(None, description="an undefended run's metrics.json, for DER")
+    processes: int = Field(1, ge=1, description="train in N processes through accelerate (one GPU each, or CPU "
+                           "processes); batch_size is the global batch")
 
     @field_validator("defense")
     @classmethod

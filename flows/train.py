@@ -27,7 +27,7 @@ def train_task(params: TrainParams) -> dict:
                           epochs=params.epochs, batch_size=params.batch_size, lr=params.lr, device=params.device,
                           seed=params.seed, trigger=params.trigger, tta_flip=params.tta_flip, log=logger.info,
                           defense=params.defense, defense_options=options,
-                          baseline_metrics=params.baseline_metrics)
+                          baseline_metrics=params.baseline_metrics, processes=params.processes)
 
 
 @flow(name="train", log_prints=True)

@@ -15,6 +15,7 @@ import json
 import sys
 
 from pipelines.errors import VetsetError
+from trainers.distributed import is_main_process, world_size
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="a defense option, e.g. isolation_epochs=10 (abl) or repeats=3 (pdb); repeatable")
     t.add_argument("--baseline-metrics", help="an undefended run's metrics.json, for DER")
     t.add_argument("--out", required=True, help="output folder (model.safetensors, config.json, metrics.json)")
+    t.add_argument("--processes", type=int, default=1,
+                   help="train in N processes on this machine through accelerate (one GPU each, or CPU "
+                        "processes); --batch-size is the global batch")
+    t.add_argument("--monitor-rows", type=int, default=1000,
+                   help="test rows for each epoch's CA / ASR in the history (0 = none)")
     e = sub.add_parser("eval", help="evaluate a saved model")
     e.add_argument("--model-dir", required=True)
     e.add_argument("--test", required=True)
@@ -102,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
                 seed=args.seed, compile=args.compile, trigger=args.trigger, pretrained=args.pretrained,
                 tta_flip=args.tta_flip, log=lambda line: print(line, flush=True), defense=args.defense,
-                defense_options=defense_options(args), baseline_metrics=args.baseline_metrics)
-            print(f"saved to {args.out}: {_summary(metrics)}")
+                defense_options=defense_options(args), baseline_metrics=args.baseline_metrics,
+                monitor_rows=args.monitor_rows, processes=args.processes)
+            if is_main_process() and not (args.processes > 1 and world_size() == 1):
+                print(f"saved to {args.out}: {_summary(metrics)}")  # (with --processes, rank 0 said it)
         else:
             from pipelines.loaders import load_dataset
 

@@ -49,6 +49,16 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def cuda_device_count() -> int:
+    """CUDA devices visible to this process (0 on a CPU machine)."""
+    return torch.cuda.device_count() if cuda_available() else 0
+
+
+def wants_cuda(device: Any) -> bool:
+    """``device`` names CUDA, or is "auto" on a machine that has it."""
+    return is_cuda(device) or (str(device).lower() == "auto" and cuda_available())
+
+
 def is_cuda(device: Any) -> bool:
     """True for a CUDA device (a torch.device, "cuda", "cuda:1") or a tensor on one."""
     if isinstance(device, torch.Tensor):

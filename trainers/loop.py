@@ -8,10 +8,11 @@ Defenses change the loop through :class:`TrainHooks` instead of writing their ow
 Repeatable: the same model initialisation, data and ``TrainConfig.seed`` give the same
 weights on the CPU (on CUDA, cuDNN's non-deterministic kernels may differ in the last bits).
 
-Multi-GPU: when started by ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` > 1 in the
-environment), :func:`fit` joins the process group, puts each rank on ``cuda:LOCAL_RANK``,
-wraps the model in DistributedDataParallel and gives each rank its own share of every
-epoch's permutation. See docs/training.md.
+Several processes: when started by ``accelerate launch`` or ``torchrun`` (``WORLD_SIZE`` > 1
+in the environment; ``--processes N`` does it), :func:`fit` hands the process group, the
+devices, DDP, the optimiser and mixed precision to ``accelerate`` (:mod:`trainers.distributed`)
+and gives each process its share of every epoch's permutation; ``batch_size`` stays the global
+batch. See docs/training.md.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from torch import nn
 from .accel import (Switches, dist_backend, empty_cache, is_cuda, is_oom, oom_error, pinned, resolve_device,  # noqa: F401 (re-exported)
                     set_device, switches, synchronize, with_oom_retry)
 from .augment import AugmentConfig, augment_batch, to_float
+from .distributed import is_main_process, start as start_distributed  # noqa: F401 (is_main_process re-exported)
 
 SCHEDULES = ("onecycle", "cosine", "multistep", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -260,23 +262,6 @@ class TrainResult:
 # --------------------------------------------------------------------------- devices
 
 
-def _dist_world() -> tuple[int, int]:
-    """(rank, world size); joins the process group when launched with WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(dist_backend())
-    return dist.get_rank(), dist.get_world_size()
-
-
-def is_main_process() -> bool:
-    """True except on ranks > 0 of a distributed run (only rank 0 should write files)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def as_uint8_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(images, torch.Tensor):
         if images.dtype != torch.uint8:
@@ -398,9 +383,9 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
     hooks = hooks or TrainHooks()
     sw = switches(cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile, fused=cfg.fused)
     device = sw.device
-    on_cuda = is_cuda(device)
     set_device(device)
-    rank, world = _dist_world()
+    dist = start_distributed(device, sw.amp)
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
     channels_last = sw.channels_last
 
     torch.manual_seed(cfg.seed)
@@ -415,17 +400,15 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
     n = len(data)
 
     sw.prepare(model)
+    optimizer = make_optimizer(model, cfg, fused=sw.fused)
     train_model: nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        train_model = DDP(model, device_ids=[device.index] if on_cuda else None)
+    if dist is not None:
+        train_model, optimizer = dist.prepare(model, optimizer)
     train_model = sw.compiled(train_model)
 
-    n_local = n // world if world > 1 else n
-    batches = _batches(n_local, cfg.batch_size)
+    n_local = n // world
+    batches = _batches(n_local, dist.local_batch(cfg.batch_size) if dist is not None else cfg.batch_size)
     steps_per_epoch = max(1, len(batches))
-    optimizer = make_optimizer(model, cfg, fused=sw.fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
     perm_gen = torch.Generator().manual_seed(cfg.seed)
@@ -464,6 +447,8 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
             loss = -loss
         return loss, logits, per
 
+    backward = dist.backward if dist is not None else torch.Tensor.backward
+
     def train_step(x: torch.Tensor, y: torch.Tensor, bidx: torch.Tensor, parts: int):
         """Forward and backward of one batch, in ``parts`` pieces whose gradients add up to
         the whole batch's (the retry after running out of memory; BatchNorm then sees half
@@ -471,7 +456,7 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
         optimizer.zero_grad(set_to_none=True)
         if parts == 1:
             loss, logits, per = objective(x, y, bidx)
-            loss.backward()
+            backward(loss)
             if hooks.after_backward is not None:
                 hooks.after_backward(model, lambda: objective(x, y, bidx)[0])
             return loss, logits, per
@@ -483,7 +468,7 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
         try:
             for a, b in bounds:
                 piece_loss, piece_logits, piece_per = objective(x[a:b], y[a:b], bidx[a:b])
-                (piece_loss * ((b - a) / total)).backward()
+                backward(piece_loss * ((b - a) / total))
                 losses.append(piece_loss.detach() * ((b - a) / total))
                 logit_parts.append(piece_logits.detach())
                 per_parts.append(piece_per.detach())
@@ -554,6 +539,11 @@ def fit(model: nn.Module, images: np.ndarray | torch.Tensor, labels: Sequence[in
                 correct += (logits[:n_main].argmax(1) == yb).sum()
             seen += n_main
         synchronize(device)
+        if dist is not None:  # the epoch's numbers over every process's rows
+            loss_sum, obj_sum, correct, seen = dist.total(
+                torch.stack([loss_sum, obj_sum, correct.to(loss_sum.dtype),
+                             torch.tensor(float(seen), device=device)])).unbind()
+            seen = int(round(float(seen)))
         record = {
             "epoch": epoch,
             "loss": float(loss_sum) / max(1, seen),

@@ -177,7 +177,7 @@ def train_and_save(data: str | os.PathLike | ImageDataset, out: str | os.PathLik
                    tta_flip: bool = False, log: Callable[[str], Any] | None = print,
                    defense: str = "none", defense_options: dict | None = None,
                    baseline_metrics: str | os.PathLike | dict | None = None,
-                   monitor_rows: int = 1000) -> dict:
+                   monitor_rows: int = 1000, processes: int = 1) -> dict:
     """Train ``model`` on ``data`` with ``defense`` (none, abl, pdb, curate; options in
     ``defense_options``, e.g. ``{"scores": "runs/x/scores.parquet"}`` for curate), save it to
     ``out`` (model.safetensors, config.json) and write ``out/metrics.json``; returns the metrics.
@@ -189,7 +189,20 @@ def train_and_save(data: str | os.PathLike | ImageDataset, out: str | os.PathLik
     ``baseline_metrics`` (an undefended run's metrics.json) DER. With ``test``, each epoch's
     history record (and the report's curves) also holds CA, and ASR with a trigger, measured
     on ``monitor_rows`` evenly spread test rows (0 = none).
+
+    ``processes`` > 1: the same run in that many processes through ``accelerate launch``
+    (one GPU each, or CPU processes with Gloo; :mod:`trainers.distributed`); ``batch_size``
+    stays the global batch. Datasets and trigger as paths, no ``config`` object.
     """
+    from .distributed import check_processes, world_size
+
+    check_processes(processes, device)
+    if processes > 1 and world_size() == 1:
+        return _train_in_processes(processes, data=data, out=out, test=test, model=model, preset=preset,
+                                   config=config, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
+                                   seed=seed, compile=compile, trigger=trigger, pretrained=pretrained,
+                                   tta_flip=tta_flip, log=log, defense=defense, defense_options=defense_options,
+                                   baseline_metrics=baseline_metrics, monitor_rows=monitor_rows)
     train_ds = _as_dataset(data)
     test_ds = _as_dataset(test) if test is not None else None
     if trigger is None and test_ds is not None:
@@ -233,3 +246,45 @@ def truth_beside(data):
         return pd.read_parquet(path, columns=["sample_id", "is_poisoned", "is_noisy"])
     except (OSError, ValueError, KeyError):  # not a truth table: the report leaves the share out
         return None
+
+
+def _train_in_processes(processes: int, *, data, out, test, model, preset, config, epochs, batch_size, lr, device,
+                        seed, compile, trigger, pretrained, tta_flip, log, defense, defense_options,
+                        baseline_metrics, monitor_rows) -> dict:
+    """``python -m trainers train`` with the same choices in ``processes`` processes; the
+    metrics rank 0 wrote."""
+    import json
+
+    from .distributed import launch
+
+    named = dict(data=data, test=test, trigger=trigger, baseline_metrics=baseline_metrics)
+    for key, value in named.items():
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise VetsetError(f"training in several processes takes {key} as a path, not a {type(value).__name__}")
+    if config is not None:
+        raise VetsetError("training in several processes takes a preset and overrides, not a TrainConfig object")
+    argv = ["train", "--data", str(data), "--out", str(out), "--model", model, "--preset", preset,
+            "--device", device, "--seed", str(seed), "--defense", defense, "--monitor-rows", str(monitor_rows)]
+    for flag, value in (("--test", test), ("--trigger", trigger), ("--baseline-metrics", baseline_metrics),
+                        ("--epochs", epochs), ("--batch-size", batch_size), ("--lr", lr),
+                        ("--pretrained", pretrained)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if compile:
+        argv.append("--compile")
+    if tta_flip:
+        argv.append("--tta-flip")
+    for key, value in (defense_options or {}).items():
+        if key == "scores" and value is not None:
+            argv += ["--scores", str(value)]
+        elif key == "relabel":
+            if value:
+                argv.append("--relabel")
+        else:
+            argv += ["--defense-option", f"{key}={json.dumps(value)}"]
+    metrics_path = Path(out) / METRICS_FILE
+    before = metrics_path.stat().st_mtime_ns if metrics_path.exists() else None
+    launch(argv, processes, device, log=log)
+    if not metrics_path.exists() or metrics_path.stat().st_mtime_ns == before:
+        raise VetsetError(f"training in {processes} processes ended without writing {metrics_path}")
+    return json.loads(metrics_path.read_text(encoding="utf-8"))

@@ -40,6 +40,9 @@ def _arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--trigger", help="trigger.json written by `vetset poison` (default: the one beside --data)")
     t.add_argument("--tta-flip", action="store_true")
+    t.add_argument("--processes", type=int, default=1,
+                   help="train in N processes through accelerate (one GPU each; with --device cpu, CPU processes); "
+                        "--batch-size is the global batch (docs/training.md)")
     t.add_argument("--out", required=True, help="model directory to write")
 
 
@@ -96,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                   device=args.device, seed=args.seed, trigger=args.trigger, tta_flip=args.tta_flip,
                   defense_options=dict(_pairs(args.defense_option, "--defense-option")), scores=args.scores,
                   detector_options=_detector_options(args.detector_set), relabel=args.relabel,
-                  baseline_metrics=args.baseline_metrics, **extra)
+                  baseline_metrics=args.baseline_metrics, processes=args.processes, **extra)
     # one keyword argument: build_params' own first parameter is called ``model``
     params = build_params(lambda values: TrainParams(**values), values=values)
     validate_source(params.data)
@@ -111,6 +114,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         build_defense(params.defense, params.defense_options)  # unknown options fail here, before any work
     check_model_name(params.model)
+    if params.processes > 1:
+        from trainers.distributed import check_processes
+
+        if curate:
+            raise VetsetError("--processes applies to --defense none, abl and pdb (curate-then-train trains in one process)")
+        check_processes(params.processes, params.device)
     logging_quiet.install()
     if curate:
         from ..curate_train import curate_train_flow
