@@ -264,14 +264,16 @@ def test_abl_mixture_cut_on_planted_losses():
 
 def test_abl_loss_ranks_the_poisoned_rows_and_its_ratio_cut_takes_its_share(badnets):
     sim, ctx, cache = badnets
-    r = _run("abl", sim, ctx, cache, lr=0.1, augment=False)
+    r = _run("abl", sim, ctx, cache, lr=0.01, augment=False)
     poisoned = sim.truth["is_poisoned"].to_numpy()
-    # measured AUROC 0.785-0.998 (seeds 0-4 x 1/2 threads). The mixture cut on these easy
-    # digits isolated a low-loss cluster in 6-10 classes (precision 0-0.26): ABL is not a
-    # default detector, and its weak class evidence needs its share to stand out
-    assert auroc(poisoned, r.score) >= 0.7
+    # at ABL's default lr 0.01, measured AUROC 0.731-0.942 (seeds 0-4 x 1/2 threads, pillow 13,
+    # 2026-12-05). The authors' lr 0.1 ranged 0.533-0.998 over the same runs (0.642 at this
+    # seed on one thread), too unstable to assert. The mixture cut on these easy digits
+    # isolated a low-loss cluster in 6-10 classes (precision 0-0.26): ABL is not a default
+    # detector, and its weak class evidence needs its share to stand out
+    assert auroc(poisoned, r.score) >= 0.65
     assert r.info["cut"] == "mixture"
-    ratio = run_detector("abl", sim.dataset, ctx, {"epochs": EPOCHS, "lr": 0.1, "augment": False, "cut": "ratio",
+    ratio = run_detector("abl", sim.dataset, ctx, {"epochs": EPOCHS, "lr": 0.01, "augment": False, "cut": "ratio",
                                                    "isolation_ratio": 0.05})
     assert ratio.flag.sum() == round(0.05 * len(poisoned))
 
