@@ -19,7 +19,8 @@ points the other way, so the direction has to be chosen from the data). Signals:
 
 Only a measurement: truth is read here to score the signals, never by a detector.
 
-    python benchmarks/row_signals.py runs/bench-detectors [--markdown]
+    python benchmarks/row_signals.py runs/bench-detectors           # inside the target class
+    python benchmarks/row_signals.py runs/bench-detectors --noise   # wrong labels
 """
 from __future__ import annotations
 
@@ -108,10 +109,65 @@ def cell_signals(saved: dict, k: int) -> tuple[np.ndarray, dict[str, np.ndarray]
     return rows, out
 
 
+def tpr_at_fpr(y: np.ndarray, s: np.ndarray, fpr: float) -> float:
+    """The share of positives scored above the clean rows' (1 - fpr) quantile: the best TPR
+    at that FPR with the threshold chosen with the truth (an upper bound for any rule)."""
+    neg = np.sort(s[~y])[::-1]
+    return float((s[y] > neg[min(len(neg) - 1, int(np.floor(fpr * len(neg))))]).mean())
+
+
+def noise_table(folder: Path) -> None:
+    """Per saved cell with wrong labels: AUROC of each wrong-label signal and its best noisy
+    TPR at 1% / 2% clean FPR (threshold chosen with the truth), against the audit's rule."""
+    from cleansers.confident import find_label_issues
+
+    print("| cell | accuracy | AUROC 1-p / -AUM / 1-knn / confident | TPR at FPR 1% / 2%: 1-p | -AUM | confident "
+          "| rule TPR at FPR | cleanlab & p<0.05 only | cleanlab & p<0.1 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for path in sorted(folder.glob("*.pkl")):
+        with path.open("rb") as f:
+            saved = pickle.load(f)
+        t, ds = saved["truth"], saved["dataset"]
+        res = {r.name: r for r in saved["results"]}
+        logits = saved.get("probe", {}).get("logits")
+        if logits is None or "confident" not in res or "dynamics" not in res:
+            continue
+        z = np.exp(logits - logits.max(1, keepdims=True))
+        probs = (z / z.sum(1, keepdims=True)).astype(np.float64)
+        p = probs[np.arange(len(ds)), ds.labels]
+        sig = res["dynamics"].arrays["signals"]
+        aum, knn = sig[:, SIGNALS.index("aum")], sig[:, SIGNALS.index("knn")]
+        noisy, poisoned = t["is_noisy"].to_numpy(bool), t["is_poisoned"].to_numpy(bool)
+        clean = ~(noisy | poisoned)
+        found, _ = find_label_issues(probs, ds.labels)
+        rule = res["confident"].flag
+
+        def rate(f: np.ndarray) -> str:
+            return (f"{f[noisy].mean():.2f} at {100 * f[clean].mean():.1f}%" if noisy.any()
+                    else f"- at {100 * f[clean].mean():.1f}%")
+        loose = [found & (p < 0.05), found & (p < 0.1) & (aum < 0) & (knn <= 0.5)]
+        if not noisy.any():
+            print(f"| {path.stem} | {res['confident'].info.get('accuracy')} | - | - | - | - | {rate(rule)} | "
+                  f"{rate(loose[0])} | {rate(loose[1])} |")
+            continue
+        sel = noisy | clean
+        y = noisy[sel]
+        scores = {"1-p": 1 - p, "-aum": -aum, "1-knn": 1 - knn, "confident": res["confident"].score}
+        aucs = " / ".join(f"{auroc(y, v[sel]):.3f}" for v in scores.values())
+        tprs = " | ".join(f"{tpr_at_fpr(y, scores[k][sel], 0.01):.2f} / {tpr_at_fpr(y, scores[k][sel], 0.02):.2f}"
+                          for k in ("1-p", "-aum", "confident"))
+        print(f"| {path.stem} | {res['confident'].info.get('accuracy')} | {aucs} | {tprs} | {rate(rule)} | "
+              f"{rate(loose[0])} | {rate(loose[1])} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", type=Path)
+    p.add_argument("--noise", action="store_true", help="the wrong-label signals instead (cells with label noise)")
     args = p.parse_args(argv)
+    if args.noise:
+        noise_table(args.folder)
+        return 0
     table = []
     names: list[str] = []
     for path in sorted(args.folder.glob("*.pkl")):
