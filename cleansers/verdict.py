@@ -72,7 +72,14 @@ class VerdictConfig:
     ``quota_fill_below`` (0.5) of that excess, the rest of it comes from the split's part
     where their flags sit (a Trojan watermark: SentiNet found 255 of 600 rows, the fill took
     F1 from 0.58 to 0.83; with BadNets SentiNet found 513 and the leftover rows, ones the
-    model did not learn, rank no better than chance, so filling there cost 3.6 points)."""
+    model did not learn, rank no better than chance, so filling there cost 3.6 points).
+    ``refine``: then, in each named class, refine the pick in the class's feature coordinates
+    (the dynamics detector's ``arrays["feature_pcs"]``) by Fisher-discriminant self-training
+    (:func:`refine_in_features`, at most ``refine_iters`` rounds, ``refine_ridge``), the
+    vouching specialists' flags kept, the count grown to the class-size excess when that
+    signal fired; only with at least ``refine_min_rows`` picked and unpicked rows (seed-0
+    matrix, 6,000-row CIFAR-10: blended 5% F1 0.58 -> 0.91, lowfreq 10% 0.70 -> 0.93,
+    Trojan 5% 0.69 -> 0.91; WaNet 5%, not learned, 0.69 -> 0.66; docs/benchmarks.md)."""
 
     size_ratio: float = 1.2
     size_z: float = 3.0
