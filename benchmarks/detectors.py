@@ -220,6 +220,19 @@ def refresh_evidence(result) -> None:
                                                 info.get("model", {}).get("arch", ""))
 
 
+def add_feature_pcs(result, saved: dict) -> None:
+    """A dynamics result saved before ``arrays["feature_pcs"]`` existed: compute them from the
+    penultimate features the save kept (``probe``; float16 there, so within rounding of what
+    the detector computes)."""
+    feats = saved.get("probe", {}).get("features")
+    if result.name != "dynamics" or "feature_pcs" in result.arrays or feats is None:
+        return
+    from cleansers.dynamics import DynamicsConfig, class_feature_pcs
+
+    cfg = DynamicsConfig()
+    result.arrays["feature_pcs"] = class_feature_pcs(feats, saved["dataset"].labels, cfg.feature_pcs, cfg.min_rows)
+
+
 def redecide(folder: Path, config: FusionConfig | None = None, verbose: bool = False) -> list[dict]:
     """The verdict again on every saved cell of ``folder`` (no training)."""
     rows = []
@@ -228,6 +241,7 @@ def redecide(folder: Path, config: FusionConfig | None = None, verbose: bool = F
             saved = pickle.load(f)
         for r in saved["results"]:
             refresh_evidence(r)
+            add_feature_pcs(r, saved)
         frame, verdict = fuse_and_decide(saved["dataset"], saved["results"], config)
         metrics = audit_metrics(frame, saved["truth"], [r.name for r in saved["results"]])
         rows += cell_rows(saved["cell"], metrics, verdict, [r.name for r in saved["results"]])
@@ -255,10 +269,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep each cell's audit folder (report.html, scores, verdict) here, one folder a cell")
     p.add_argument("--redecide", type=Path, default=None, help="re-run only the verdict on a --save folder")
     p.add_argument("--skip-done", action="store_true", help="with --save: skip cells already saved")
+    p.add_argument("--verdict", action="append", default=[],
+                   help="with --redecide: a VerdictConfig option=value, e.g. refine=false (the rules' before/after)")
     args = p.parse_args(argv)
 
     if args.redecide:
-        rows = redecide(args.redecide, verbose=True)
+        config = FusionConfig(**{k: json.loads(v) for k, v in (item.split("=", 1) for item in args.verdict)})
+        rows = redecide(args.redecide, config, verbose=True)
         print(markdown([r for r in rows if r["detector"] == "fused"]))
         print("\n" + summary(rows))
         return 0
@@ -311,8 +328,14 @@ def main(argv: list[str] | None = None) -> int:
                 if args.save:
                     args.save.mkdir(parents=True, exist_ok=True)
                     slim = [type(r)(r.name, r.score, r.flag, r.suggested_label, r.info, r.arrays) for r in result.results]
+                    # the shared detection model's logits and penultimate features, for studying
+                    # the verdict's row rules offline (not read by --redecide)
+                    probe = {key[-1]: np.asarray(v, dtype=np.float32 if key[-1] == "logits" else np.float16)
+                             for key, v in ctx.model_cache.items()
+                             if isinstance(key, tuple) and len(key) == 5 and key[0] == "model"
+                             and key[1] == sim.dataset.fingerprint and key[-1] in ("logits", "features")}
                     with (args.save / f"{stem}.pkl").open("wb") as f:
-                        pickle.dump({"cell": cell, "results": slim, "truth": sim.truth,
+                        pickle.dump({"cell": cell, "results": slim, "truth": sim.truth, "probe": probe,
                                      "dataset": sim.dataset.replace(images=sim.dataset.images[:, :1, :1])}, f)
     tmp.cleanup()
     if args.save:

@@ -72,9 +72,14 @@ class DynamicsConfig:
     How sharp a class's split is (``sharp`` in
     ``info["classes"]``) is recorded but is no evidence: clean digits classes split with
     every row at posterior > 0.95.
+    ``feature_pcs``: per class, each row's coordinates on the class's top principal
+    components of the model's (L2-normalised) penultimate features (20; 0 = none), kept in
+    ``arrays["feature_pcs"]`` for the verdict's refinement of the rows it picks in a named
+    class (:func:`cleansers.verdict.refine_in_features`).
     ``arch``/``epochs``: the shared detection model."""
 
     k: int = 20
+    feature_pcs: int = 20
     seed_restarts: int = 3
     tail_quantile: float = 0.99
     tail_weak: float = 0.10
@@ -173,6 +178,26 @@ def split_class(x: np.ndarray, reference: np.ndarray, restarts: int, seed: int) 
                         "_post_confident": post[:, confident]}
 
 
+def class_feature_pcs(features: np.ndarray, labels: np.ndarray, n_pcs: int, min_rows: int = 40) -> np.ndarray:
+    """(N, n_pcs): per class of at least ``min_rows`` rows (and more than ``n_pcs``), each
+    row's coordinates on the top ``n_pcs`` principal components of its class's L2-normalised
+    features, centred on the class mean (zeros elsewhere)."""
+    f = np.asarray(features, dtype=np.float64)
+    out = np.zeros((len(f), max(0, n_pcs)))
+    if n_pcs <= 0 or len(f) == 0:
+        return out
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        if len(rows) < max(min_rows, n_pcs + 2):
+            continue
+        x = f[rows] - f[rows].mean(0)
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        d = min(n_pcs, vt.shape[0])
+        out[rows, :d] = x @ vt[:d].T
+    return out
+
+
 def shared_signals(data: ImageDataset, ctx: AuditContext, spec: ModelSpec, k: int = 20, chunk: int = 2048):
     """(detection model, (N, 5) signals) for ``data``, computed once per audit and kept in
     ``ctx.model_cache`` (the label-noise detector reads the same numbers)."""
@@ -235,6 +260,9 @@ class Dynamics(Detector):
                              "detail": f"share of the class fitted earlier than {cfg.tail_quantile:.0%} of the "
                                        f"other classes' rows (class-mean early-margin z {e['early_z']:.1f})"})
         arrays = {"signals": signals, "posterior_confident": post_conf}
+        if cfg.feature_pcs > 0:
+            arrays["feature_pcs"] = class_feature_pcs(model_features(data, dm, ctx), data.labels, cfg.feature_pcs,
+                                                      cfg.min_rows)
         return DetectorResult(self.name, score, np.zeros(n, dtype=bool), None, arrays=arrays, info={
             "model": dm.describe(), "signals": list(SIGNALS), "classes": classes, "class_evidence": evidence,
             "finding": "per-class split of how rows were learned (a ranker: the verdict uses it only in a class "

@@ -216,3 +216,95 @@ def test_the_report_grid_takes_turns_between_kinds_and_classes():
     assert grid.loc[~grid["is_backdoor"], "label"].tolist() == [0, 1, 2, 3]
     assert grid.index[0] == 30  # the dirtiest injected row
     assert len(interleaved_flagged(frame, 100)) == n
+
+
+def _two_populations(n_clean: int, n_injected: int, shift: float, d: int = 8, seed: int = 0) -> np.ndarray:
+    """Feature coordinates: clean rows around 0, injected rows shifted along one direction
+    (what a learned trigger does to a class's features), unit noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_clean + n_injected, d))
+    x[n_clean:, 0] += shift
+    x[n_clean:, 1] -= shift / 2
+    return x
+
+
+def test_refine_in_features_corrects_a_noisy_pick_and_keeps_what_it_must():
+    from cleansers.verdict import refine_in_features
+
+    x = _two_populations(300, 100, shift=4.0)
+    truth = np.arange(400) >= 300
+    start = np.zeros(400, bool)
+    start[330:390] = True  # 60 injected rows
+    start[:40] = True  # and 40 clean ones
+    pick, rounds = refine_in_features(x, start, 100)
+    assert pick.sum() == 100 and (pick & truth).sum() >= 95 and rounds >= 2
+    # rows to keep stay picked, and the count grows to what is asked
+    keep = np.zeros(400, bool)
+    keep[:5] = True
+    pick, _ = refine_in_features(x, start, 105, keep)
+    assert pick[:5].all() and pick.sum() == 105 and (pick & truth).sum() >= 95
+    # nothing to separate (one population): the pick keeps its size
+    flat = np.random.default_rng(1).normal(size=(400, 8))
+    assert refine_in_features(flat, start, 100)[0].sum() == 100
+
+
+def test_the_verdict_refines_a_named_class_pick_in_feature_space_and_grows_it_to_the_excess():
+    """A class 2x the median: a specialist vouches for it with 60 exact flags (over half of
+    the 100-row excess, so they stand alone without the refinement); the class's feature
+    coordinates separate its injected rows, so the refinement grows the pick to the excess."""
+    ds = _ds([200, 100, 100, 100, 100])
+    n = len(ds)
+    pcs = np.zeros((n, 8))
+    pcs[:200] = _two_populations(100, 100, shift=5.0)
+    dyn = _dynamics(ds, np.zeros(n), {0: 0.02})
+    dyn.arrays["posterior_confident"] = np.zeros(n)
+    dyn.arrays["feature_pcs"] = pcs
+    flag = np.zeros(n, bool)
+    flag[140:200] = True
+    spec = DetectorResult("sentinet", flag.astype(float), flag, None,
+                          {"class_evidence": _evidence({0: ("", "strong", 60.0)}, "sentinet_rows")})
+    frame, verdict = fuse_and_decide(ds, [dyn, spec])
+    assert frame["is_backdoor"].to_numpy().nonzero()[0].tolist() == list(range(100, 200))
+    assert set(frame.loc[100:139, "reasons"]) == {"dynamics"} and set(frame.loc[140:199, "reasons"]) == {"sentinet"}
+    assert any("refined in the model's feature space" in f and "40 added" in f for f in verdict.findings)
+    # without the refinement: the specialist's 60 flags alone
+    frame, _ = fuse_and_decide(ds, [dyn, spec], FusionConfig(refine=False))
+    assert frame["is_backdoor"].sum() == 60
+    # no feature coordinates (an older result): no refinement, same as off
+    del dyn.arrays["feature_pcs"]
+    assert fuse_and_decide(ds, [dyn, spec])[0]["is_backdoor"].sum() == 60
+
+
+def test_the_refinement_corrects_the_split_pick_but_never_acts_in_unnamed_classes():
+    ds = _ds([200, 100, 100, 100, 100])
+    n = len(ds)
+    pcs = np.zeros((n, 8))
+    pcs[:200] = _two_populations(100, 100, shift=5.0, seed=3)
+    pcs[200:300] = _two_populations(70, 30, shift=5.0, seed=4)  # a structured unnamed class
+    post = np.zeros(n)
+    post[130:200] = 0.9  # the split found 70 of the 100 injected rows
+    post[:30] = 0.8  # and put 30 clean rows beside them
+    dyn = _dynamics(ds, post, {0: 0.02})  # the split's anomalous part
+    dyn.arrays["posterior_confident"] = post
+    dyn.arrays["feature_pcs"] = pcs
+    conf = DetectorResult("confident", np.zeros(n), np.zeros(n, bool), np.full(n, -1), {})
+    frame, verdict = fuse_and_decide(ds, [dyn, conf])
+    assert verdict.backdoor_classes == ["c0"]
+    picked = frame["is_backdoor"].to_numpy().nonzero()[0]
+    assert len(picked) == 100 and (picked >= 100).sum() >= 97 and not frame.loc[200:, "flagged"].any()
+    before = fuse_and_decide(ds, [dyn, conf], FusionConfig(refine=False))[0]["is_backdoor"].to_numpy().nonzero()[0]
+    assert (before >= 100).sum() <= 75
+
+
+def test_class_feature_pcs_are_per_class_centred_and_skip_small_classes():
+    from cleansers.dynamics import class_feature_pcs
+
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(130, 16)) + 3.0
+    labels = np.array([0] * 100 + [1] * 30)
+    feats[:50, 0] += 8.0  # class 0 holds two populations
+    pcs = class_feature_pcs(feats, labels, 4, min_rows=40)
+    assert pcs.shape == (130, 4) and np.allclose(pcs[:100].mean(0), 0, atol=1e-9)
+    assert not pcs[100:].any()  # class 1 has fewer than min_rows rows
+    # the first component carries the two populations apart
+    assert abs(pcs[:50, 0].mean() - pcs[50:100, 0].mean()) > 5 * pcs[:100, 1].std()
