@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -90,11 +91,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch's default)")
     p.add_argument("--patch-size", type=int, default=None, help="BadNets patch side (default: the attack's 3)")
     p.add_argument("--out", default=None, help="write the results as JSON")
+    p.add_argument("--model-cache", default=None,
+                   help="folder: keep each backdoored model (state dict + its CA / ASR) keyed by the setting "
+                        "and reuse it on the next run (the training is most of a CPU run's time)")
     args = p.parse_args()
 
     if args.threads > 0:
-        import torch
-
         torch.set_num_threads(args.threads)
     cpu = args.cpu_slice is not None
     device = resolve_device(args.device)
@@ -120,10 +122,21 @@ def main() -> None:
         if cpu:  # no crop/flip: with random crop the small CNN barely learns a 3x3 patch in 10 epochs
             overrides["augment"] = {"crop": False, "flip": False}
         cfg = preset(recipe, device=str(device), seed=args.seed, **overrides)
-        t0 = time.perf_counter()
-        fit(model, sim.dataset.images, sim.dataset.labels, cfg)
-        train_s = time.perf_counter() - t0
-        base = evaluate(model, test, sim.trigger)
+        key = f"{arch}-{attack}-{rate}-{args.seed}-{n_train}-{args.train_epochs}-{args.patch_size}"
+        cached = Path(args.model_cache) / f"{key}.pt" if args.model_cache else None
+        if cached is not None and cached.exists():
+            saved = torch.load(cached, map_location="cpu", weights_only=False)
+            model.load_state_dict(saved["state"])
+            train_s, base = saved["train_seconds"], saved["base"]
+            print(f"[{attack}] the backdoored model from {cached}", flush=True)
+        else:
+            t0 = time.perf_counter()
+            fit(model, sim.dataset.images, sim.dataset.labels, cfg)
+            train_s = time.perf_counter() - t0
+            base = evaluate(model, test, sim.trigger)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"state": model.state_dict(), "train_seconds": train_s, "base": base}, cached)
         print(f"[{attack}] trained {arch} in {train_s:.0f}s: CA {base['clean_acc']:.4f} ASR {base['asr']:.4f}",
               flush=True)
         runs = [(m, n_clean) for m in args.methods]
@@ -136,8 +149,6 @@ def main() -> None:
             purified, info = purify(method, copy.deepcopy(model), clean, dict(options), device=device,
                                     seed=args.seed)
             if device.type == "cuda":
-                import torch
-
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
             after = evaluate(purified, test, sim.trigger)
