@@ -87,6 +87,8 @@ def main() -> None:
     p.add_argument("--clean-frac", type=float, default=0.05)
     p.add_argument("--train-epochs", type=int, default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--arch", default=None,
+                   help="the model (default: small_cnn on the CPU, preact_resnet18 on the GPU; e.g. preact_resnet_small)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch's default)")
     p.add_argument("--patch-size", type=int, default=None, help="BadNets patch side (default: the attack's 3)")
@@ -109,6 +111,7 @@ def main() -> None:
     pq.write_table(slice_table(data / "test.parquet", 2000 if cpu else None), tmp / "test.parquet")
     train_all, test = load_dataset(tmp / "train.parquet"), load_dataset(tmp / "test.parquet")
     arch, recipe = ("small_cnn", "cpu_small") if cpu else ("preact_resnet18", "fast")
+    arch = args.arch or arch
     results = []
     for attack in attacks:
         params = {"size": args.patch_size} if (args.patch_size and attack == "badnets") else {}
