@@ -154,7 +154,7 @@ def test_steps_option_sets_the_number_of_optimizer_steps_and_is_recorded(tiny, m
 
     model, clean = tiny  # 60 rows, batch 20: 3 steps an epoch
     _, info = purify(method, copy.deepcopy(model), clean, {**opts, "steps": 5, "batch_size": 20}, device="cpu")
-    assert info["steps"] == 6 and info["epochs"] == 2, info  # 5 steps rounded up to whole epochs
+    assert info["optimizer_steps"] == 6 and info["epochs_run"] == 2, info  # 5 steps, rounded up to whole epochs
     assert info["config"]["steps"] == 5
 
 

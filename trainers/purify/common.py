@@ -78,10 +78,11 @@ def budget_epochs(epochs: int, steps: int | None, n_rows: int, batch_size: int) 
 
 
 def schedule_info(prefix: str, history: list, n_rows: int, batch_size: int) -> dict:
-    """What a fit actually ran: ``{prefix}steps`` and ``{prefix}epochs`` (an early stop
-    included), for the method's info / metrics."""
+    """What a fit actually ran: ``{prefix}optimizer_steps`` and ``{prefix}epochs_run`` (an
+    early stop included), for the method's info / metrics (names that no method's other info
+    and ``--method auto``'s ``steps`` list collide with)."""
     epochs = len(history)
-    return {f"{prefix}epochs": epochs, f"{prefix}steps": epochs * steps_per_epoch(n_rows, batch_size)}
+    return {f"{prefix}epochs_run": epochs, f"{prefix}optimizer_steps": epochs * steps_per_epoch(n_rows, batch_size)}
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

@@ -96,6 +96,7 @@ def purify_fp(model, clean, cfg: FPConfig, *, device, seed, log):
     if epochs > 0:
         result = fit(model, images, labels, tc, TrainHooks(after_step=apply_mask))
         model, history = result.model, result.history
-    return model, {**schedule_info("", history, len(images), cfg.batch_size), "n_pruned": int(n_prune), "n_channels": int(len(order)),
+    return model, {**schedule_info("", history, len(images), cfg.batch_size),
+                   "n_pruned": int(n_prune), "n_channels": int(len(order)),
                    "clean_set_acc_before": float(accs[0]), "clean_set_acc_pruned": float(accs[n_prune]),
                    "pruned_channels": [int(c) for c in order[:n_prune].tolist()]}

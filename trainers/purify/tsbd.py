@@ -140,6 +140,6 @@ def purify_tsbd(model, clean, cfg: TSBDConfig, *, device, seed, log):
         model, history = result.model, result.history
     per_epoch = steps_per_epoch(len(images), cfg.batch_size)
     return model, {**schedule_info("", history, len(images), cfg.batch_size),
-                   "unlearn_epochs": reached["epochs"], "unlearn_steps": reached["epochs"] * per_epoch,
+                   "unlearn_epochs": reached["epochs"], "unlearn_optimizer_steps": reached["epochs"] * per_epoch,
                    "unlearned_clean_set_acc": reached["acc"],
                    "clean_set_acc_before": acc0, "sweep": sweep, "chosen_top": chosen, "n_zeroed": n_zeroed}
