@@ -97,6 +97,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch's default)")
     p.add_argument("--patch-size", type=int, default=None, help="BadNets patch side (default: the attack's 3)")
     p.add_argument("--out", default=None, help="write the results as JSON")
+    p.add_argument("--attack-params", default=None,
+                   help='JSON {attack: {param: value}}, e.g. \'{"blended": {"key": "skimage:astronaut"}}\' (a photo key)')
     p.add_argument("--options", default=None,
                    help='JSON {method: {option: value}} merged over the schedules (ablations), e.g. '
                         '\'{"sau": {"batch_size": 64}}\'; recorded with each row')
@@ -123,6 +125,7 @@ def main() -> None:
     results = []
     for attack in attacks:
         params = {"size": args.patch_size} if (args.patch_size and attack == "badnets") else {}
+        params.update((json.loads(args.attack_params) if args.attack_params else {}).get(attack, {}))
         sim = simulate(train_all, SimulationSpec(attack=attack, poison_rate=rate, seed=args.seed, attack_params=params))
         clean_rows = np.flatnonzero(~sim.truth["is_poisoned"].to_numpy())
         clean_pool = train_all.subset(clean_rows)  # the original pixels and labels of unpoisoned rows
@@ -133,7 +136,9 @@ def main() -> None:
         if cpu:  # no crop/flip: with random crop the small CNN barely learns a 3x3 patch in 10 epochs
             overrides["augment"] = {"crop": False, "flip": False}
         cfg = preset(recipe, device=str(device), seed=args.seed, **overrides)
+        tag = "-".join(f"{k}={v}" for k, v in sorted(params.items())).replace("/", "_").replace(":", "_")
         key = f"{arch}-{attack}-{rate}-{args.seed}-{n_train}-{args.train_epochs}-{args.patch_size}"
+        key += f"-{tag}" if tag else ""
         cached = Path(args.model_cache) / f"{key}.pt" if args.model_cache else None
         if cached is not None and cached.exists():
             saved = torch.load(cached, map_location="cpu", weights_only=False)
