@@ -6,7 +6,7 @@ The architecture itself is ``model.net``, so detectors can hook its convolutions
 ``model.net.layer4[1].conv1`` in PreAct-ResNet18) and read penultimate features with
 ``model.features(x)`` or :func:`penultimate_features`.
 
-Names: ``small_cnn`` and ``preact_resnet18`` are registered in :data:`MODELS`; any
+Names: ``small_cnn``, ``preact_resnet18`` and ``preact_resnet_small`` are registered in :data:`MODELS`; any
 ``torchvision:<name>`` or ``timm:<name>`` is built by name with random weights (those
 libraries are imported only when such a model is asked for). Pretrained weights come only
 from a local file (``pretrained=PATH``); nothing is downloaded.
