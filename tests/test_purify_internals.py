@@ -126,3 +126,116 @@ def test_awm_mask_optimizer_option_is_used(tiny):
     # weight times the weight's gradient, so its masks stayed near 1 (a no-op on CIFAR-10)
     assert adam["mean_mask"] < 0.995 < sgd["mean_mask"], (adam, sgd)
     assert adam["config"]["mask_optimizer"] == "adam" and sgd["config"]["mask_optimizer"] == "sgd"
+
+
+# --------------------------------------------------------------------------- step budgets
+
+
+def test_step_budget_maps_the_published_schedule_and_rounds_up_to_whole_epochs():
+    from trainers.purify.common import budget_epochs, steps_per_epoch
+
+    # 5% of CIFAR-10 (2,500 rows): the published epochs are these step counts
+    assert budget_epochs(100, 1000, 2500, 256) == 100  # SAU, FT-SAM: 10 steps an epoch
+    assert budget_epochs(50, 1000, 2500, 128) == 50  # NPD: 20 steps an epoch
+    # on 500 rows the same 1,000 steps take 500 epochs of batch 256 (2 steps each)
+    assert steps_per_epoch(500, 256) == 2 and budget_epochs(100, 1000, 500, 256) == 500
+    assert budget_epochs(7, None, 500, 128) == 7  # None: count epochs
+    assert budget_epochs(7, 0, 500, 128) == 0
+    assert budget_epochs(7, 5, 500, 128) == 2  # 4 steps an epoch: 5 steps need 2 epochs
+
+
+@pytest.mark.parametrize("method,opts", [
+    ("ft", {}), ("fp", {}), ("ftsam", {}), ("sau", {"pgd_steps": 1}),
+    ("npd", {"warmup_steps": 0, "attack_steps": 1}),
+    ("tsbd", {"unlearn_max_steps": 3, "sweep": [0.3]}),
+])
+def test_steps_option_sets_the_number_of_optimizer_steps_and_is_recorded(tiny, method, opts):
+    from trainers.purify import purify
+
+    model, clean = tiny  # 60 rows, batch 20: 3 steps an epoch
+    _, info = purify(method, copy.deepcopy(model), clean, {**opts, "steps": 5, "batch_size": 20}, device="cpu")
+    assert info["optimizer_steps"] == 6 and info["epochs_run"] == 2, info  # 5 steps, rounded up to whole epochs
+    assert info["config"]["steps"] == 5
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "10", True])
+def test_bad_step_budget_is_a_one_line_error(bad):
+    from pipelines.errors import VetsetError
+    from trainers.purify import make_config
+
+    for method in ("sau", "npd", "ftsam", "tsbd", "ft", "fp"):
+        with pytest.raises(VetsetError) as err:
+            make_config(method, {"steps": bad})
+        assert "\n" not in str(err.value) and "steps" in str(err.value)
+
+
+# --------------------------------------------------------------------------- SAU / NPD vs the authors' code
+
+
+def test_sau_attack_objective_follows_the_authors_shared_pgd():
+    from trainers.purify.sau import attack_objective, js_divergence
+
+    torch.manual_seed(0)
+    out = torch.randn(6, 4)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    pred0 = out.argmax(1)
+    # the same logits for both models: no disagreement (JS 0), nobody fooled yet, so the loss is
+    # -beta_1 * mean CE (ascending CE on both models) and the JS weight does not matter
+    loss, shared = attack_objective(out, out.clone(), y, pred0, pred0, beta_1=0.01, beta_2=1.0)
+    ce = nn.functional.cross_entropy(out, y)
+    assert torch.allclose(loss, -0.01 * ce, atol=1e-6) and not shared.any()
+    assert torch.allclose(js_divergence(out, out), torch.zeros(6), atol=1e-6)
+    # rows where both models are fooled into the same class: out of L_adv and L_js
+    other = (pred0 + 1) % 4
+    loss_all, shared_all = attack_objective(out, out.clone(), y, other, other, beta_1=0.01, beta_2=1.0)
+    assert shared_all.all() and float(loss_all) == 0.0
+    # disagreement raises the objective through the JS term (weight beta_2)
+    ref = torch.randn(6, 4) * 3
+    lo, _ = attack_objective(out, ref, y, pred0, ref.argmax(1), beta_1=0.0, beta_2=1.0)
+    assert float(lo) > 0.01
+
+
+def test_sau_shared_pgd_starts_at_plus_eps_and_stays_in_the_linf_ball(tiny):
+    from trainers.purify import make_config
+    from trainers.purify.common import frozen_copy
+    from trainers.purify.sau import shared_pgd
+
+    model, clean = tiny
+    x = torch.from_numpy(clean.images[:8]).permute(0, 3, 1, 2).float() / 255
+    y = torch.from_numpy(clean.labels[:8])
+    ref = frozen_copy(model)
+    start = shared_pgd(model, ref, x, y, make_config("sau", {"pgd_steps": 0}))
+    assert torch.allclose(start - x, torch.full_like(x, 0.2))  # pgd_init "max", not clipped to [0, 1]
+    adv = shared_pgd(model, ref, x, y, make_config("sau", {"pgd_steps": 3}))
+    assert float((adv - x).abs().max()) <= 0.2 + 1e-6
+
+
+def test_sau_shared_loss_is_a_batch_mean_over_the_poisoned_rows():
+    from trainers.purify.sau import shared_loss
+
+    logits = torch.tensor([[2.0, 0.0, 0.0]] * 4)
+    ref_pred = torch.zeros(4, dtype=torch.long)
+    one = shared_loss(logits, ref_pred, torch.tensor([True, False, False, False]))
+    every = shared_loss(logits, ref_pred, torch.ones(4, dtype=torch.bool))
+    # the authors divide by the batch size: one poisoned row in four weighs a quarter
+    assert torch.allclose(every, 4 * one) and float(one) > 0
+
+
+def test_npd_attack_takes_the_authors_signed_steps_projected_on_the_l2_ball(tiny):
+    from trainers.purify import make_config
+    from trainers.purify.npd import targeted_attack
+
+    model, clean = tiny
+    x = torch.full((4, 3, 32, 32), 0.5)
+    target = torch.tensor([1, 2, 3, 4])
+    cfg = make_config("npd", {"attack_steps": 1, "attack_stop": 2.0})
+    delta = targeted_attack(model, x, target, cfg) - x
+    # one signed step of 0.1 per pixel has L2 norm 0.1 * sqrt(3072) = 5.5 > 3: projected to 3,
+    # every pixel moves by the same amount (a sign pattern over the whole image)
+    size = delta[0].numel()
+    assert torch.allclose(delta.flatten(1).norm(dim=1), torch.full((4,), 3.0), atol=1e-3)
+    nonzero = delta.abs()[delta.abs() > 0]
+    assert torch.allclose(nonzero, torch.full_like(nonzero, 3.0 / size ** 0.5), atol=1e-4)
+    # the early stop: at once when more than attack_stop of the batch reaches its target
+    stop_now = make_config("npd", {"attack_steps": 5, "attack_stop": -1.0})
+    assert torch.equal(targeted_attack(model, x, target, stop_now), targeted_attack(model, x, target, cfg))

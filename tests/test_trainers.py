@@ -58,7 +58,7 @@ def dataset(images: np.ndarray, labels: np.ndarray) -> ImageDataset:
 # --------------------------------------------------------------------------- models
 
 
-@pytest.mark.parametrize("name,feat", [("small_cnn", 192), ("preact_resnet18", 512),
+@pytest.mark.parametrize("name,feat", [("small_cnn", 192), ("preact_resnet18", 512), ("preact_resnet_small", 128),
                                        ("torchvision:resnet18", 512)])
 def test_models_build_and_forward(name, feat):
     model = build_model(name, 7, (32, 32), seed=0).eval()
@@ -78,6 +78,9 @@ def test_registry_names_and_preact_layout():
     names = dict(net.named_modules())
     assert isinstance(names["layer4.1.conv1"], nn.Conv2d) and isinstance(names["layer1.0.conv2"], nn.Conv2d)
     assert sum(isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) for m in net.modules()) == 17  # stem + 16
+    small = dict(build_model("preact_resnet_small", 10).net.named_modules())  # one block a stage
+    assert isinstance(small["layer4.0.conv1"], nn.Conv2d) and "layer4.1.conv1" not in small
+    assert small["linear"].in_features == 128
     with pytest.raises(VetsetError, match="unknown model"):
         build_model("no_such_net", 10)
     with pytest.raises(VetsetError):

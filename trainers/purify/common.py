@@ -53,6 +53,38 @@ def epochs_for_steps(steps: int, n_rows: int, batch_size: int) -> int:
     return max(1, math.ceil(int(steps) / per_epoch))
 
 
+def steps_per_epoch(n_rows: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch of the loop over ``n_rows`` rows (the batch capped at
+    ``n_rows`` as :func:`fine_tune_config` does)."""
+    batch = max(2, min(int(batch_size), int(n_rows)))
+    return max(1, len(_batches(int(n_rows), batch)))
+
+
+def check_steps(name: str, steps: int | None) -> None:
+    """A step budget is None (count epochs) or an integer >= 0 (ValueError otherwise: the
+    config's one-line error)."""
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise ValueError(f"{name} must be a whole number >= 0 (or None: count epochs), got {steps!r}")
+
+
+def budget_epochs(epochs: int, steps: int | None, n_rows: int, batch_size: int) -> int:
+    """The epochs to run: ``epochs`` when ``steps`` is None, else the fewest whole epochs
+    that give at least ``steps`` optimizer steps on ``n_rows`` rows (0 for 0 steps). Over a
+    500-row clean set an epoch of batch 128 is 4 steps, so a published epoch count means far
+    fewer updates there than on the published 2,500 rows: ``steps`` says what is meant."""
+    if steps is None:
+        return int(epochs)
+    return 0 if int(steps) == 0 else epochs_for_steps(int(steps), n_rows, max(2, min(int(batch_size), int(n_rows))))
+
+
+def schedule_info(prefix: str, history: list, n_rows: int, batch_size: int) -> dict:
+    """What a fit actually ran: ``{prefix}optimizer_steps`` and ``{prefix}epochs_run`` (an
+    early stop included), for the method's info / metrics (names that no method's other info
+    and ``--method auto``'s ``steps`` list collide with)."""
+    epochs = len(history)
+    return {f"{prefix}epochs_run": epochs, f"{prefix}optimizer_steps": epochs * steps_per_epoch(n_rows, batch_size)}
+
+
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A deep copy in eval mode with no trainable parameters (SAU's reference model)."""
     ref = copy.deepcopy(model).eval()

@@ -16,7 +16,7 @@ import torch
 from ..loop import TrainHooks, fit
 from ..models import head_module, penultimate_features
 from .base import register
-from .common import clean_arrays, eval_mode, fine_tune_config
+from .common import budget_epochs, check_steps, clean_arrays, eval_mode, fine_tune_config, schedule_info
 
 
 @dataclass
@@ -24,14 +24,19 @@ class FPConfig:
     """specs/defenses.md: prune by increasing mean activation on clean data until clean
     accuracy drops by 10% (``acc_drop``, relative to the unpruned accuracy on the clean set),
     keeping the last pruning level inside that bound; then fine-tune (SGD lr 0.01, cosine,
-    batch 128; ``epochs`` 10 chosen here). ``max_prune`` caps the pruned share."""
+    batch 128; ``epochs`` 10 chosen here). ``max_prune`` caps the pruned share. ``steps``:
+    an optimizer-step budget for the fine-tuning that replaces ``epochs``."""
 
     acc_drop: float = 0.10
     max_prune: float = 0.95
     epochs: int = 10
+    steps: int | None = None
     lr: float = 0.01
     batch_size: int = 128
     weight_decay: float = 5e-4
+
+    def __post_init__(self) -> None:
+        check_steps("steps", self.steps)
 
 
 @torch.no_grad()
@@ -84,10 +89,14 @@ def purify_fp(model, clean, cfg: FPConfig, *, device, seed, log):
     apply_mask(model)
     if log:
         log(f"fp: pruned {n_prune}/{len(order)} channels (clean-set acc {accs[0]:.3f} -> {accs[n_prune]:.3f})")
-    tc = fine_tune_config(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, device=device, seed=seed,
+    epochs = budget_epochs(cfg.epochs, cfg.steps, len(images), cfg.batch_size)
+    tc = fine_tune_config(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, device=device, seed=seed,
                           weight_decay=cfg.weight_decay, n_rows=len(images))
-    if cfg.epochs > 0:
-        model = fit(model, images, labels, tc, TrainHooks(after_step=apply_mask)).model
-    return model, {"n_pruned": int(n_prune), "n_channels": int(len(order)),
+    history: list = []
+    if epochs > 0:
+        result = fit(model, images, labels, tc, TrainHooks(after_step=apply_mask))
+        model, history = result.model, result.history
+    return model, {**schedule_info("", history, len(images), cfg.batch_size),
+                   "n_pruned": int(n_prune), "n_channels": int(len(order)),
                    "clean_set_acc_before": float(accs[0]), "clean_set_acc_pruned": float(accs[n_prune]),
                    "pruned_channels": [int(c) for c in order[:n_prune].tolist()]}
