@@ -111,11 +111,6 @@ def set_device(device: torch.device) -> None:
         torch.cuda.set_device(device)
 
 
-def dist_backend() -> str:
-    """The process-group backend: nccl with CUDA, gloo without."""
-    return "nccl" if cuda_available() else "gloo"
-
-
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (a no-op on the CPU); for honest timings."""
     if is_cuda(device):

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .accel import (Switches, dist_backend, empty_cache, is_cuda, is_oom, oom_error, pinned, resolve_device,  # noqa: F401 (re-exported)
+from .accel import (Switches, empty_cache, is_cuda, is_oom, oom_error, pinned, resolve_device,  # noqa: F401 (re-exported)
                     set_device, switches, synchronize, with_oom_retry)
 from .augment import AugmentConfig, augment_batch, to_float
 from .distributed import is_main_process, start as start_distributed  # noqa: F401 (is_main_process re-exported)
