@@ -204,9 +204,11 @@ def test_sau_shared_pgd_starts_at_plus_eps_and_stays_in_the_linf_ball(tiny):
     x = torch.from_numpy(clean.images[:8]).permute(0, 3, 1, 2).float() / 255
     y = torch.from_numpy(clean.labels[:8])
     ref = frozen_copy(model)
-    start = shared_pgd(model, ref, x, y, make_config("sau", {"pgd_steps": 0}))
+    start, ref_pred0 = shared_pgd(model, ref, x, y, make_config("sau", {"pgd_steps": 0}))
     assert torch.allclose(start - x, torch.full_like(x, 0.2))  # pgd_init "max", not clipped to [0, 1]
-    adv = shared_pgd(model, ref, x, y, make_config("sau", {"pgd_steps": 3}))
+    with torch.no_grad():
+        assert torch.equal(ref_pred0, ref(x).argmax(1))  # the reference's clean prediction, for L_shared
+    adv, _ = shared_pgd(model, ref, x, y, make_config("sau", {"pgd_steps": 3}))
     assert float((adv - x).abs().max()) <= 0.2 + 1e-6
 
 

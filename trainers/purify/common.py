@@ -74,7 +74,7 @@ def budget_epochs(epochs: int, steps: int | None, n_rows: int, batch_size: int) 
     fewer updates there than on the published 2,500 rows: ``steps`` says what is meant."""
     if steps is None:
         return int(epochs)
-    return 0 if int(steps) == 0 else epochs_for_steps(int(steps), n_rows, max(2, min(int(batch_size), int(n_rows))))
+    return math.ceil(int(steps) / steps_per_epoch(n_rows, batch_size))
 
 
 def schedule_info(prefix: str, history: list, n_rows: int, batch_size: int) -> dict:
@@ -153,39 +153,6 @@ def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def clean_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, device: Any = None) -> float:
     pred = predict_logits(model, images, 512, device=device).argmax(1)
     return float((pred == labels).mean()) if len(labels) else float("nan")
-
-
-def pgd(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, eps: float, step: float,
-        steps: int, norm: str = "linf", random_start: bool = False,
-        generator: torch.Generator | None = None) -> torch.Tensor:
-    """Projected gradient ASCENT on ``objective(x_adv)`` (a scalar) within the ``norm`` ball
-    of radius ``eps`` around ``x``, pixels kept in [0, 1]. Uses ``torch.autograd.grad`` on the
-    input only, so model parameters' ``.grad`` are untouched. Returns the detached x_adv."""
-    x = x.detach()
-    if random_start and norm == "linf":
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) if generator is not None \
-            else torch.rand_like(x)
-        delta = (noise * 2 - 1) * eps
-    else:
-        delta = torch.zeros_like(x)
-    for _ in range(int(steps)):
-        delta.requires_grad_(True)
-        value = objective((x + delta).clamp(0, 1))
-        (grad,) = torch.autograd.grad(value, delta)
-        with torch.no_grad():
-            if norm == "linf":
-                delta = (delta + step * grad.sign()).clamp(-eps, eps)
-            elif norm == "l2":
-                g = grad.flatten(1)
-                g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
-                delta = delta + step * g.view_as(delta)
-                d = delta.flatten(1)
-                factor = (eps / d.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
-                delta = (d * factor).view_as(delta)
-            else:
-                raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-            delta = (x + delta).clamp(0, 1) - x
-    return (x + delta).detach()
 
 
 def _with_grad(model: nn.Module) -> list[nn.Parameter]:

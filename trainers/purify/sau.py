@@ -97,9 +97,10 @@ def attack_objective(out: torch.Tensor, ref_out: torch.Tensor, y: torch.Tensor, 
     return beta_1 * l_adv + beta_2 * l_js, shared
 
 
-def shared_pgd(model, ref, x: torch.Tensor, y: torch.Tensor, cfg: SAUConfig) -> torch.Tensor:
-    """The authors' shared PGD (module docstring); returns the detached x + delta. Like the
-    authors' code, x + delta is not clipped to [0, 1]."""
+def shared_pgd(model, ref, x: torch.Tensor, y: torch.Tensor, cfg: SAUConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The authors' shared PGD (module docstring); returns (the detached x + delta, the
+    reference's prediction on the clean x). Like the authors' code, x + delta is not clipped
+    to [0, 1]."""
     with torch.no_grad(), eval_mode(model):
         pred0 = logits_of(model, x).argmax(1)
         ref_pred0 = logits_of(ref, x).argmax(1)
@@ -115,7 +116,7 @@ def shared_pgd(model, ref, x: torch.Tensor, y: torch.Tensor, cfg: SAUConfig) -> 
             delta = (delta - cfg.step * grad.sign()).clamp(-cfg.eps, cfg.eps)
         if bool(shared.all()):
             break
-    return (x + delta).detach()
+    return (x + delta).detach(), ref_pred0
 
 
 @register("sau", SAUConfig, "shared adversarial unlearning")
@@ -125,9 +126,8 @@ def purify_sau(model, clean, cfg: SAUConfig, *, device, seed, log):
     stats = {"poisoned": 0, "rows": 0}
 
     def extra_loss(m, x, y, logits, bidx):
-        x_adv = shared_pgd(m, ref, x, y, cfg)
+        x_adv, ref_pred0 = shared_pgd(m, ref, x, y, cfg)
         with torch.no_grad():
-            ref_pred0 = logits_of(ref, x).argmax(1)
             ref_pred = logits_of(ref, x_adv).argmax(1)
             poisoned = (ref_pred != y) & (ref_pred != ref_pred0)
         stats["poisoned"] += int(poisoned.sum())
