@@ -116,13 +116,14 @@ def reference_probs(clean, cache: Path | None, device: str, seed: int = 12345) -
     return probs
 
 
-def make_spec(name: str, rate: float, noise_rate: float, seed: int, probs) -> SimulationSpec:
+def make_spec(name: str, rate: float, noise_rate: float, seed: int, probs, target: int = 0) -> SimulationSpec:
     attack, params, noise = SCENARIOS[name]
     if name == "hybrid":
         rate = min(rate, 0.05)
     noise_params = {"probs": probs} if noise == "instance" else {}
     return SimulationSpec(attack=attack, poison_rate=rate if attack else 0.0, attack_params=dict(params),
-                          noise=noise, noise_rate=noise_rate if noise else 0.0, noise_params=noise_params, seed=seed)
+                          noise=noise, noise_rate=noise_rate if noise else 0.0, noise_params=noise_params, seed=seed,
+                          target=target)
 
 
 def undefended_asr(ctx: AuditContext, ds, test, trigger) -> float | None:
@@ -221,11 +222,18 @@ def refresh_evidence(result) -> None:
 
 
 def add_feature_pcs(result, saved: dict) -> None:
-    """A dynamics result saved before ``arrays["feature_pcs"]`` existed: compute them from the
-    penultimate features the save kept (``probe``; float16 there, so within rounding of what
-    the detector computes)."""
+    """A dynamics result saved before ``arrays["feature_pcs"]`` / ``["second_choice"]``
+    existed: compute them from the penultimate features and logits the save kept (``probe``;
+    features in float16 there, so within rounding of what the detector computes)."""
+    if result.name != "dynamics":
+        return
+    logits = saved.get("probe", {}).get("logits")
+    if "second_choice" not in result.arrays and logits is not None:
+        from cleansers.dynamics import second_choice
+
+        result.arrays["second_choice"] = second_choice(logits, saved["dataset"].labels)
     feats = saved.get("probe", {}).get("features")
-    if result.name != "dynamics" or "feature_pcs" in result.arrays or feats is None:
+    if "feature_pcs" in result.arrays or feats is None:
         return
     from cleansers.dynamics import DynamicsConfig, class_feature_pcs
 
@@ -250,6 +258,14 @@ def redecide(folder: Path, config: FusionConfig | None = None, verbose: bool = F
     return rows
 
 
+def _value(text: str):
+    """A --verdict value: JSON (true, 0.5, [1, 2]) or, failing that, the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, help="folder with train.parquet and test.parquet")
@@ -260,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise-rate", type=float, default=0.1)
     p.add_argument("--device", default="auto")
     p.add_argument("--seeds", default="0")
+    p.add_argument("--target", type=int, default=0, help="the attacks' target class (0, BackdoorBench's default)")
     p.add_argument("--test-rows", type=int, default=2000, help="test rows for the undefended ASR")
     p.add_argument("--trusted-per-class", type=int, default=0, help="trusted clean rows per class from test.parquet")
     p.add_argument("--opt", action="append", default=[], help="detector.option=value, e.g. agpd.epochs=20")
@@ -274,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.redecide:
-        config = FusionConfig(**{k: json.loads(v) for k, v in (item.split("=", 1) for item in args.verdict)})
+        config = FusionConfig(**{k: _value(v) for k, v in (item.split("=", 1) for item in args.verdict)})
         rows = redecide(args.redecide, config, verbose=True)
         print(markdown([r for r in rows if r["detector"] == "fused"]))
         print("\n" + summary(rows))
@@ -307,11 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         for rate in cell_rates:
             rate = min(rate, 0.05) if name == "hybrid" else rate  # the hybrid's poisoning is 5%
             for seed in seeds:
-                stem = f"{name}-{rate:g}-s{seed}"
+                stem = f"{name}-{rate:g}-s{seed}" + (f"-t{args.target}" if args.target else "")
                 if args.save and args.skip_done and (args.save / f"{stem}.pkl").exists():
                     print(f"{stem}: saved already, skipped", flush=True)
                     continue
-                sim = simulate(clean, make_spec(name, rate, args.noise_rate, seed, probs))
+                sim = simulate(clean, make_spec(name, rate, args.noise_rate, seed, probs, args.target))
                 ctx = AuditContext(device=args.device, seed=seed, trusted=trusted)
                 start = time.perf_counter()
                 root = (args.reports or Path(tmp.name)) / stem

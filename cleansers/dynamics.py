@@ -76,6 +76,10 @@ class DynamicsConfig:
     components of the model's (L2-normalised) penultimate features (20; 0 = none), kept in
     ``arrays["feature_pcs"]`` for the verdict's refinement of the rows it picks in a named
     class (:func:`cleansers.verdict.refine_in_features`).
+    ``arrays["second_choice"]``: each row's most likely class other than its own label
+    under the detection model (the verdict's orientation of a split in a named class: the
+    injected rows of an all-to-one attack are images of every other class, so their second
+    choices spread over the other classes; a class's own images lean on a few look-alikes).
     ``arch``/``epochs``: the shared detection model."""
 
     k: int = 20
@@ -144,6 +148,15 @@ def row_signals(ds: ImageDataset, logits: np.ndarray, margins: np.ndarray, featu
     cols = [conf, aum, epoch_window(margins, 0.1, 0.2), epoch_window(margins, 0.4, 0.5),
             knn_agreement(features, ds.labels, k, chunk, device)]
     return np.nan_to_num(np.stack(cols, axis=1).astype(np.float64))
+
+
+def second_choice(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per row, the class with the highest logit other than the row's own label (int64)."""
+    z = np.array(logits, dtype=np.float64, copy=True)
+    if len(z) == 0 or z.shape[1] < 2:
+        return np.full(len(z), -1, dtype=np.int64)
+    z[np.arange(len(z)), np.clip(labels, 0, z.shape[1] - 1)] = -np.inf
+    return z.argmax(1).astype(np.int64)
 
 
 def split_class(x: np.ndarray, reference: np.ndarray, restarts: int, seed: int) -> tuple[np.ndarray, dict]:
@@ -259,7 +272,8 @@ class Dynamics(Detector):
                              "strength": tail_strength(tail, cfg),
                              "detail": f"share of the class fitted earlier than {cfg.tail_quantile:.0%} of the "
                                        f"other classes' rows (class-mean early-margin z {e['early_z']:.1f})"})
-        arrays = {"signals": signals, "posterior_confident": post_conf}
+        arrays = {"signals": signals, "posterior_confident": post_conf,
+                  "second_choice": second_choice(model_logits(data, dm, ctx), data.labels)}
         if cfg.feature_pcs > 0:
             arrays["feature_pcs"] = class_feature_pcs(model_features(data, dm, ctx), data.labels, cfg.feature_pcs,
                                                       cfg.min_rows)

@@ -308,3 +308,101 @@ def test_class_feature_pcs_are_per_class_centred_and_skip_small_classes():
     assert not pcs[100:].any()  # class 1 has fewer than min_rows rows
     # the first component carries the two populations apart
     assert abs(pcs[:50, 0].mean() - pcs[50:100, 0].mean()) > 5 * pcs[:100, 1].std()
+
+
+def _second_choices(n_clean: int, n_injected: int, seed: int = 0) -> np.ndarray:
+    """The detection model's best class other than the row's own label: a class's own images
+    lean on one or two look-alikes (1, 2), injected images of every other class spread over
+    them all (1..4)."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.choice([1, 2], size=n_clean, p=[0.7, 0.3]), rng.integers(1, K, size=n_injected)])
+
+
+def test_cluster_pick_names_the_part_whose_second_choices_spread_wider():
+    from cleansers.verdict import cluster_pick, two_means
+
+    x = _two_populations(300, 150, shift=5.0, seed=5)
+    truth = np.arange(450) >= 300
+    part = two_means(x)
+    assert min((part == truth).mean(), (part != truth).mean()) < 0.02  # the two populations, one each side
+    second = _second_choices(300, 150)
+    pick, why, basis = cluster_pick(x, second, K, excess=0)
+    assert basis == "spread" and (pick == truth).mean() > 0.98 and "spread wider" in why
+    # no spread to tell them apart: the specialists' flags orient it, else the excess' size
+    flat = np.ones(450, dtype=np.int64)
+    hint = np.zeros(450, bool)
+    hint[:20] = True  # specialists' flags among the first population
+    pick, _, basis = cluster_pick(x, flat, K, excess=150, hint=hint)
+    assert basis == "hint" and (pick != truth).mean() > 0.98
+    pick, why, basis = cluster_pick(x, flat, K, excess=150)
+    assert basis == "size" and (pick == truth).mean() > 0.98 and "150-row excess" in why
+    pick, _, basis = cluster_pick(x, None, K, excess=0)
+    assert basis == "size" and (pick == truth).mean() > 0.98  # the smaller part
+
+
+def _named_by_size_only(shift: float = 5.0):
+    """Class 0 is twice the median (its 100 rows 100..199 injected); the training-dynamics
+    split gives no usable order (all zero), the feature coordinates and the second choices
+    carry the injected rows."""
+    ds = _ds([200, 100, 100, 100, 100])
+    n = len(ds)
+    pcs = np.zeros((n, 8))
+    pcs[:200] = _two_populations(100, 100, shift=shift, seed=6)
+    dyn = _dynamics(ds, np.zeros(n))
+    dyn.arrays["posterior_confident"] = np.zeros(n)
+    dyn.arrays["feature_pcs"] = pcs
+    second = np.ones(n, dtype=np.int64)
+    second[:200] = _second_choices(100, 100, seed=7)
+    dyn.arrays["second_choice"] = second
+    return ds, dyn
+
+
+def test_a_class_named_without_a_usable_pick_is_split_in_feature_space_and_oriented():
+    ds, dyn = _named_by_size_only()
+    conf = DetectorResult("confident", np.zeros(len(ds)), np.zeros(len(ds), bool), np.full(len(ds), -1), {})
+    frame, verdict = fuse_and_decide(ds, [dyn, conf])
+    assert verdict.backdoor_classes == ["c0"]
+    picked = frame["is_backdoor"].to_numpy().nonzero()[0]
+    assert len(picked) == 100 and (picked >= 100).sum() >= 97
+    assert any("split in two in the model's feature space" in f and "spread wider" in f for f in verdict.findings)
+    # as an audit hands it over (floats, NaN where a row could not be read): the same pick
+    as_floats = dyn.arrays["second_choice"].astype(np.float64)
+    as_floats[-3:] = np.nan
+    dyn.arrays["second_choice"] = as_floats
+    assert (fuse_and_decide(ds, [dyn, conf])[0]["is_backdoor"].to_numpy() == frame["is_backdoor"].to_numpy()).all()
+    # the rule off: the split's tie-broken order picks the class's first (clean) rows
+    before = fuse_and_decide(ds, [dyn, conf], FusionConfig(cluster_start="off"))[0]
+    assert (before["is_backdoor"].to_numpy().nonzero()[0] >= 100).sum() <= 10
+
+
+def test_specialist_flags_in_the_part_that_looks_like_the_class_are_not_kept():
+    """AGPD vouches for class 0 but its 60 flags sit among the class's own images (its
+    reference inverted): the feature split's spread outvotes them."""
+    ds, dyn = _named_by_size_only()
+    n = len(ds)
+    flag = np.zeros(n, bool)
+    flag[:60] = True
+    agpd = DetectorResult("agpd", flag.astype(float), flag, None,
+                          {"class_evidence": _evidence({0: ("", "weak", 8.0)}, "agpd_z")})
+    frame, verdict = fuse_and_decide(ds, [dyn, agpd])
+    picked = frame["is_backdoor"].to_numpy().nonzero()[0]
+    assert len(picked) == 100 and (picked >= 100).sum() >= 97
+    assert not frame.loc[:59, "is_backdoor"].any()
+    assert all("agpd" not in r for r in frame.loc[:59, "reasons"])
+    assert any("flagged by agpd lie mostly" in f for f in verdict.findings)
+    # flags that agree with the spread are kept
+    flag = np.zeros(n, bool)
+    flag[140:200] = True
+    agpd = DetectorResult("agpd", flag.astype(float), flag, None,
+                          {"class_evidence": _evidence({0: ("", "weak", 8.0)}, "agpd_z")})
+    frame, verdict = fuse_and_decide(ds, [dyn, agpd])
+    assert frame.loc[140:199, "is_backdoor"].all() and frame["is_backdoor"].sum() == 100
+    assert not any("lie mostly" in f for f in verdict.findings)
+
+
+def test_second_choice_is_the_best_class_other_than_the_label():
+    from cleansers.dynamics import second_choice
+
+    logits = np.array([[5.0, 1.0, 3.0], [0.0, 9.0, 8.0], [2.0, 2.5, 0.0]])
+    assert second_choice(logits, np.array([0, 1, 1])).tolist() == [2, 2, 0]
+    assert second_choice(np.zeros((0, 3)), np.zeros(0, int)).shape == (0,)
