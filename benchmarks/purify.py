@@ -74,6 +74,27 @@ BACKDOORBENCH = {  # specs/defenses.md (lossless CIFAR-10; our data is JPEG q75)
 }
 
 
+def agreement(asr: float | None, evidence: bool) -> str:
+    """Does the residual estimate agree with the true ASR: "right" / "wrong" when ASR > 20%
+    (evidence wanted) or < 5% (none wanted), "n/a" in between."""
+    if asr is None:
+        return "n/a"
+    if asr > 0.2:
+        return "right" if evidence else "wrong"
+    if asr < 0.05:
+        return "wrong" if evidence else "right"
+    return "n/a"
+
+
+def residual_of(model, clean, args) -> dict:
+    from trainers.purify.residual import ResidualConfig, describe, residual_estimate
+
+    cfg = ResidualConfig(**({"steps_per_class": args.residual_steps} if args.residual_steps else {}))
+    est = residual_estimate(model, clean, cfg, device=args.device, seed=args.seed)
+    return {"evidence": est["evidence"], "class": est["class"], "smallest_to_median_l1": est["smallest_to_median_l1"],
+            "seconds": est["seconds"], "describe": describe(est), "agrees": "n/a"}
+
+
 def slice_table(path: Path, n: int | None, offset: int = 0) -> pa.Table:
     table = pq.read_table(path)
     if n is None or n >= table.num_rows:
@@ -103,6 +124,10 @@ def main() -> None:
     p.add_argument("--options", default=None,
                    help='JSON {method: {option: value}} merged over the schedules (ablations), e.g. '
                         '\'{"sau": {"batch_size": 64}}\'; recorded with each row')
+    p.add_argument("--residual", action="store_true",
+                   help="also run the trigger-free residual-backdoor estimate (trainers/purify/residual.py) on the "
+                        "backdoored and on every purified model, and score it against the true ASR")
+    p.add_argument("--residual-steps", type=int, default=None, help="its reversal steps per class")
     p.add_argument("--model-cache", default=None,
                    help="folder: keep each backdoored model (state dict + its CA / ASR) keyed by the setting "
                         "and reuse it on the next run (the training is most of a CPU run's time)")
@@ -156,6 +181,11 @@ def main() -> None:
                 torch.save({"state": model.state_dict(), "train_seconds": train_s, "base": base}, cached)
         print(f"[{attack}] trained {arch} in {train_s:.0f}s: CA {base['clean_acc']:.4f} ASR {base['asr']:.4f}",
               flush=True)
+        res_before = residual_of(model, balanced_subset(clean_pool, n_clean, args.seed), args) if args.residual else None
+        if res_before is not None:
+            res_before["agrees"] = agreement(base["asr"], res_before["evidence"])
+            print(f"[{attack}] residual estimate of the backdoored model: {res_before['describe']} "
+                  f"({res_before['agrees']})", flush=True)
         runs = [(m, n_clean) for m in args.methods]
         if "awm" in args.methods:
             runs += [("awm", int(round(0.01 * len(train_all)))), ("awm", 10)]
@@ -175,6 +205,10 @@ def main() -> None:
                    "ca_after": after["clean_acc"], "asr_after": after["asr"], "ra_after": after["ra"],
                    "seconds": seconds, "train_seconds": train_s,
                    "optimizer_steps": info.get("optimizer_steps"), "epochs_run": info.get("epochs_run")}
+            if args.residual:
+                res = residual_of(purified, clean, args)
+                res["agrees"] = agreement(after["asr"], res["evidence"])
+                row.update(residual_before=res_before, residual_after=res)
             if method == "nc":
                 row.update(nc_backdoored=info["backdoored"], nc_target=info["target_class"],
                            nc_max_anomaly=info["max_anomaly_index"])
@@ -188,6 +222,8 @@ def main() -> None:
                 extra = f" FRR {row['strip_frr']:.4f} FAR {row['strip_far']:.4f}"
             if info.get("optimizer_steps") is not None:
                 extra += f" ({info['optimizer_steps']} steps)"
+            if args.residual:
+                extra += f"; residual estimate: {row['residual_after']['describe']} ({row['residual_after']['agrees']})"
             print(f"[{attack}] {method:6s} n={n:5d} {seconds:6.1f}s CA {row['ca_before']:.4f}->{row['ca_after']:.4f} "
                   f"ASR {row['asr_before']:.4f}->{row['asr_after']:.4f}{extra}", flush=True)
     print("\n| attack | method | clean rows | steps | CA before | ASR before | CA after | ASR after | s "
@@ -199,6 +235,19 @@ def main() -> None:
         print(f"| {r['attack']} | {r['method']} | {r['n_clean']} | {steps} | {100 * r['ca_before']:.2f} "
               f"| {100 * r['asr_before']:.2f} | {100 * r['ca_after']:.2f} | {100 * r['asr_after']:.2f} "
               f"| {r['seconds']:.1f} | {bb} |")
+    if args.residual:
+        # the backdoored model's estimate counts once per attack; ASR in the 5-20% band is not scored
+        seen, right, total = set(), 0, 0
+        for r in results:
+            for which, est in (("before", r["residual_before"]), (r["method"], r["residual_after"])):
+                key = (r["attack"], which)
+                if key in seen or est["agrees"] not in ("right", "wrong"):
+                    continue
+                seen.add(key)
+                total += 1
+                right += est["agrees"] == "right"
+        print(f"\nresidual estimate agrees with the true ASR (evidence when ASR > 20%, none when < 5%) on "
+              f"{right} of {total} scored models")
     if args.out:
         Path(args.out).write_text(json.dumps({"device": str(device), "cpu_slice": args.cpu_slice, "rate": rate,
                                               "results": results}, indent=2))

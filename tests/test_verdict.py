@@ -406,3 +406,19 @@ def test_second_choice_is_the_best_class_other_than_the_label():
     logits = np.array([[5.0, 1.0, 3.0], [0.0, 9.0, 8.0], [2.0, 2.5, 0.0]])
     assert second_choice(logits, np.array([0, 1, 1])).tolist() == [2, 2, 0]
     assert second_choice(np.zeros((0, 3)), np.zeros(0, int)).shape == (0,)
+
+
+def test_refine_em_corrects_a_poor_pick_and_keeps_what_it_must():
+    from cleansers.verdict import refine_em
+
+    x = _two_populations(300, 100, shift=4.0, seed=8)
+    truth = np.arange(400) >= 300
+    start = np.zeros(400, bool)
+    start[340:400] = True  # 60 injected rows
+    start[:60] = True  # and as many clean ones: a pick only half right
+    pick, rounds = refine_em(x, start, 100)
+    assert pick.sum() == 100 and (pick & truth).sum() >= 95 and rounds >= 2
+    keep = np.zeros(400, bool)
+    keep[:5] = True
+    pick, _ = refine_em(x, start, 105, keep)
+    assert pick[:5].all() and pick.sum() == 105 and (pick & truth).sum() >= 95
