@@ -88,7 +88,13 @@ class VerdictConfig:
     second-choice classes spread wider, by at least ``orient_margin`` nats): "auto" (when
     nothing was picked or the pick came only from the training-dynamics split; specialists'
     flags in the part judged clean are then dropped), "always", or "off" (3-seed matrix:
-    blended 5% 0.31 -> 0.79, WaNet 10% 0.01 -> 0.78, hybrid 0.45 -> 0.80)."""
+    blended 5% 0.31 -> 0.79, WaNet 10% 0.01 -> 0.78, hybrid 0.45 -> 0.80). ``split_z``: a
+    class whose 2-means feature split separates its rows far more cleanly than the other
+    classes' (robust z over the classes of :func:`split_separation` at least 10) is weak
+    evidence (``feature_split``): SIG's target 12-17 on the CIFAR-10 matrix, clean CIFAR-10
+    classes at most 3.2, but clean digits' class 1 (two ways of writing it) 1.5-7.6 over 4
+    seeds, so the bar sits above that; it names a class only with a second signal (SIG 5% to
+    "cat": early tail 0.25, under its strong bar, plus this). 0 turns it off."""
 
     size_ratio: float = 1.2
     size_z: float = 3.0
@@ -109,6 +115,7 @@ class VerdictConfig:
     refine_min_rows: int = 10
     refine_ridge: float = 1e-3
     refine_mode: str = "em"
+    split_z: float = 10.0
     cluster_start: str = "auto"
     orient_margin: float = 0.1
     # row-level fusion (cleansers/fusion.py): ``min_votes`` specialists without class
@@ -195,6 +202,21 @@ def _class_signals(ds: ImageDataset, results: list[DetectorResult], label_flags:
             strength = e.get("strength", "none")
             out[k].append((Signal(e["signal"], float(e["value"]), e.get("threshold"), strength != "none",
                                   e.get("detail", "")), strength, r.name))
+    dyn = next((r for r in results if r.name == "dynamics"), None)
+    pcs = None if dyn is None else dyn.arrays.get("feature_pcs")
+    if cfg.split_z > 0 and pcs is not None and pcs.ndim == 2 and pcs.shape[1] and present.sum() >= 3:
+        sep = split_separation(ds, np.nan_to_num(pcs), 2 * cfg.refine_min_rows)
+        have = ~np.isnan(sep)
+        if have.sum() >= 3:
+            sz = np.zeros(K)
+            sz[have] = _robust_z(sep[have])
+            for k in np.flatnonzero(have):
+                fired = bool(sz[k] >= cfg.split_z)
+                out[k].append((Signal("feature_split", round(float(sz[k]), 2), cfg.split_z, fired,
+                                      f"its rows split in two in the model's feature space with {sep[k]:.0%} of "
+                                      f"their spread between the parts (the classes' median "
+                                      f"{np.median(sep[have]):.0%}); robust z {sz[k]:.1f}"),
+                               "weak" if fired else "none", "verdict"))
     if label_flags.any() and present.sum() >= 3:
         share = np.array([label_flags[readable & (ds.labels == k)].mean() if present[k] else 0.0 for k in range(K)])
         lz = np.zeros(K)
@@ -205,6 +227,30 @@ def _class_signals(ds: ImageDataset, results: list[DetectorResult], label_flags:
                                   f"{share[k]:.1%} of the class flagged as wrong labels; robust z {lz[k]:.1f}"),
                            "weak" if fired else "none", "verdict"))
     return out, sizes
+
+
+def split_separation(ds: ImageDataset, pcs: np.ndarray, min_rows: int) -> np.ndarray:
+    """Per class: the share of its rows' spread in feature coordinates ``pcs`` that lies
+    between the two parts of its 2-means split (:func:`two_means`; 1 - within / total sum of
+    squares); NaN for a class of fewer than ``min_rows`` readable rows. A class that holds a
+    second population (injected rows sharing a trigger, images of other classes) splits more
+    cleanly than classes of one population."""
+    out = np.full(ds.num_classes, np.nan)
+    for k in range(ds.num_classes):
+        rows = np.flatnonzero((ds.labels == k) & ~ds.unreadable)
+        if len(rows) < min_rows:
+            continue
+        x = pcs[rows]
+        total = float(((x - x.mean(0)) ** 2).sum())
+        if total <= 0:
+            continue
+        part = two_means(x)
+        if part.all() or not part.any():
+            out[k] = 0.0
+            continue
+        within = float(((x[part] - x[part].mean(0)) ** 2).sum() + ((x[~part] - x[~part].mean(0)) ** 2).sum())
+        out[k] = 1.0 - within / total
+    return out
 
 
 def decide(ds: ImageDataset, results: list[DetectorResult], config: VerdictConfig | None = None) -> Decision:
@@ -521,8 +567,12 @@ def _refine_named(ds, named, dyn, results, gives_evidence, sizes, signals, backd
                 keep[:] = False
             tail = any(sig.name == "early_tail" and st != "none" for sig, st, _ in signals[k])
             split_only = keep.sum() < cfg.refine_min_rows and not tail
+            # a class that splits far more cleanly than the others and holds no excess rows (a
+            # clean-label target: SIG poisons the class's own images): its split's part is the count
+            two_groups = excess == 0 and keep.sum() < cfg.refine_min_rows and any(
+                sig.name == "feature_split" and st != "none" for sig, st, _ in signals[k])
             if (cfg.cluster_start == "always" or start.sum() < cfg.refine_min_rows
-                    or (cfg.cluster_start == "auto" and (split_only or distrusted))):
+                    or (cfg.cluster_start == "auto" and (split_only or distrusted or two_groups))):
                 start = part | keep
                 count = excess if excess > 0 else int(start.sum())
                 size_only = all(sig.name == "class_size" for sig, st, _ in signals[k] if st != "none")
@@ -701,6 +751,8 @@ def _describe(s: Signal) -> str:
         return f"{s.value:.0%} of it learned earlier than nearly every other row"
     if s.name == "label_issue_share":
         return f"{s.value:.0%} of it looks mislabelled"
+    if s.name == "feature_split":
+        return f"its rows split in two far more cleanly than other classes' (robust z {s.value:.1f})"
     if s.name == "abl_isolated_share":
         return f"{s.value:.0%} of it isolated by ABL's low loss"
     return f"{s.name} {s.value:g}"

@@ -422,3 +422,36 @@ def test_refine_em_corrects_a_poor_pick_and_keeps_what_it_must():
     keep[:5] = True
     pick, _ = refine_em(x, start, 105, keep)
     assert pick[:5].all() and pick.sum() == 105 and (pick & truth).sum() >= 95
+
+
+def test_a_class_that_splits_far_more_cleanly_than_the_others_is_weak_evidence():
+    """A clean-label target (SIG poisons half of class 0's own images; no excess rows): its
+    feature coordinates hold two populations, every other class one. With the early-learning
+    tail under its strong bar the split is the second weak signal that names the class, and
+    its injected part is flagged; alone it names nothing."""
+    ds = _ds([200, 200, 200, 200, 200])
+    n = len(ds)
+    rng = np.random.default_rng(9)
+    pcs = rng.normal(size=(n, 8))
+    pcs[:200] = _two_populations(100, 100, shift=6.0, seed=10)
+    dyn = _dynamics(ds, np.zeros(n), {0: 0.2})  # early tail weak (under the strong bar)
+    dyn.arrays["posterior_confident"] = np.zeros(n)
+    dyn.arrays["feature_pcs"] = pcs
+    second = np.ones(n, dtype=np.int64)
+    second[:200] = _second_choices(100, 100, seed=11)
+    dyn.arrays["second_choice"] = second
+    early = np.zeros((n, 5))
+    dyn.arrays["signals"] = early
+    frame, verdict = fuse_and_decide(ds, [dyn])
+    split = [s for s in verdict.classes[0].signals if s.name == "feature_split"][0]
+    assert split.fired and split.value >= 10
+    assert not any(s.fired for c in verdict.classes[1:] for s in c.signals if s.name == "feature_split")
+    assert verdict.backdoor_classes == ["c0"]
+    picked = frame["is_backdoor"].to_numpy().nonzero()[0]
+    assert (picked >= 100).sum() >= 95 and (picked < 100).sum() <= 5 and (picked < 200).all()
+    # the split alone (no early tail): one weak signal, nothing named
+    dyn.info["class_evidence"] = []
+    assert fuse_and_decide(ds, [dyn])[1].backdoor_classes == []
+    # switched off
+    frame, verdict = fuse_and_decide(ds, [dyn], FusionConfig(split_z=0))
+    assert not any(s.name == "feature_split" for s in verdict.classes[0].signals)
