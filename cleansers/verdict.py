@@ -323,8 +323,9 @@ def decide(ds: ImageDataset, results: list[DetectorResult], config: VerdictConfi
                     reasons[i].append((calibrated["dynamics"][i], "dynamics"))
             if "distance" in split and not spec_rows and d1 < cfg.min_distance_ratio * max(d2, 1e-9):
                 findings.append(f"class {names[k]}: its rows could not be told apart (the training-dynamics split's "
-                                f"two parts lie {d1:.1f} and {d2:.1f} from the other classes); none flagged as "
-                                "injected, the class's size and signals are the finding")
+                                f"two parts lie {d1:.1f} and {d2:.1f} from the other classes); "
+                                + ("its split in the model's feature space decides" if cfg.cluster_start != "off"
+                                   else "none flagged as injected, the class's size and signals are the finding"))
                 continue
             post, side = _injected_posterior(ds, k, dyn, specialists, label_flags, signals[k])
             hit = rows_k & (post >= cfg.posterior)
