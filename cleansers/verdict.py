@@ -81,9 +81,9 @@ class VerdictConfig:
     matrix, 6,000-row CIFAR-10: blended 5% F1 0.58 -> 0.91, lowfreq 10% 0.70 -> 0.93,
     Trojan 5% 0.69 -> 0.91; WaNet 5%, not learned, 0.69 -> 0.66; docs/benchmarks.md).
     ``refine_mode``: "em" (default), two Gaussians with a shared covariance fitted by EM from
-    the pick, three starts, the likeliest kept (:func:`refine_em`), or "hard", the top-count self-training above (3-seed
-    matrix: lowfreq 10% F1 0.81 -> 0.93, blended 5% 0.79 -> 0.83, blended-noise 5% 0.84 ->
-    0.81). ``cluster_start``: where the pick to refine comes from when there is none worth
+    the pick, three starts, the likeliest kept (:func:`refine_em`), or "hard", the top-count
+    self-training above (3-seed matrix: lowfreq 10% F1 0.81 -> 0.93, blended 5% 0.79 -> 0.83,
+    blended-noise 5% 0.84 -> 0.89). ``cluster_start``: where the pick to refine comes from when there is none worth
     refining (:func:`cluster_pick`: the class's 2-means feature split, the part whose
     second-choice classes spread wider, by at least ``orient_margin`` nats): "auto" (when
     nothing was picked or the pick came only from the training-dynamics split; specialists'
