@@ -33,7 +33,7 @@ def _thumb(img: np.ndarray, scale: int = 3) -> str:
 def summary_rows(manifest: dict) -> list[tuple[str, str]]:
     r = manifest["rows"]
     return [
-        ("dataset", manifest["dataset"]["source"]),
+        ("dataset", manifest["dataset"]["source"] or "(in memory, not read from a file)"),
         ("fingerprint", manifest["dataset"]["fingerprint"]),
         ("rows in / out", f"{r['in']} / {r['out']}"),
         ("flagged", f"{r['flagged']} ({100 * r['flagged'] / max(r['in'], 1):.2f}%)"),

@@ -455,3 +455,13 @@ def test_a_class_that_splits_far_more_cleanly_than_the_others_is_weak_evidence()
     # switched off
     frame, verdict = fuse_and_decide(ds, [dyn], FusionConfig(split_z=0))
     assert not any(s.name == "feature_split" for s in verdict.classes[0].signals)
+
+
+def test_the_report_summary_names_an_in_memory_dataset():
+    from pipelines.report import summary_rows
+
+    manifest = {"dataset": {"source": "", "fingerprint": "abc"},
+                "rows": {"in": 4, "out": 4, "flagged": 1, "unreadable": 0, "resized": 0, "converted_to_rgb": 0}}
+    assert dict(summary_rows(manifest))["dataset"] == "(in memory, not read from a file)"
+    manifest["dataset"]["source"] = "/data/train.parquet"
+    assert dict(summary_rows(manifest))["dataset"] == "/data/train.parquet"
