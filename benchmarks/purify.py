@@ -42,6 +42,9 @@ from trainers.purify import purify  # noqa: E402
 from trainers.purify.run import balanced_subset, strip_rates  # noqa: E402
 from trainers.train import channel_stats  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from residual import agreement  # noqa: E402  (benchmarks/residual.py: right / wrong / n/a against the true ASR)
+
 METHODS = ["ft", "fp", "nc", "sau", "npd", "ftsam", "tsbd", "awm", "strip"]
 ATTACKS = ["badnets", "blended", "sig", "wanet"]
 # CPU schedules (the GPU run uses the published defaults), counted in optimizer STEPS (an
@@ -72,18 +75,6 @@ BACKDOORBENCH = {  # specs/defenses.md (lossless CIFAR-10; our data is JPEG q75)
     "fp": {"badnets": "91.31/57.13", "blended": "93.17/99.26", "sig": "89.10/26.20", "wanet": "91.46/1.09"},
     "nc": {"badnets": "89.05/1.27", "blended": "93.47/99.92", "sig": "84.48/98.27", "wanet": "91.80/7.53"},
 }
-
-
-def agreement(asr: float | None, evidence: bool) -> str:
-    """Does the residual estimate agree with the true ASR: "right" / "wrong" when ASR > 20%
-    (evidence wanted) or < 5% (none wanted), "n/a" in between."""
-    if asr is None:
-        return "n/a"
-    if asr > 0.2:
-        return "right" if evidence else "wrong"
-    if asr < 0.05:
-        return "wrong" if evidence else "right"
-    return "n/a"
 
 
 def residual_of(model, clean, args) -> dict:
