@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cleansers  # noqa: E402,F401  (registers the detectors)
 from cleansers import DEFAULT_DETECTORS  # noqa: E402
 from cleansers.audit import run_audit  # noqa: E402
-from cleansers.base import AuditContext  # noqa: E402
+from cleansers.base import AUDIT_THREADS, AuditContext  # noqa: E402
 from cleansers.fusion import FusionConfig, fuse_and_decide  # noqa: E402
 from pipelines.attacks import backdoor_test_set  # noqa: E402
 from pipelines.loaders import LoadOptions, table_to_dataset  # noqa: E402
@@ -277,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise-rate", type=float, default=0.1)
     p.add_argument("--device", default="auto")
     p.add_argument("--seeds", default="0")
+    p.add_argument("--threads", type=int, default=AUDIT_THREADS,
+                   help=f"the audit's fixed torch threads (default {AUDIT_THREADS}, as `vetset audit`); 0 = torch's own")
     p.add_argument("--target", type=int, default=0, help="the attacks' target class (0, BackdoorBench's default)")
     p.add_argument("--test-rows", type=int, default=2000, help="test rows for the undefended ASR")
     p.add_argument("--trusted-per-class", type=int, default=0, help="trusted clean rows per class from test.parquet")
@@ -330,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{stem}: saved already, skipped", flush=True)
                     continue
                 sim = simulate(clean, make_spec(name, rate, args.noise_rate, seed, probs, args.target))
-                ctx = AuditContext(device=args.device, seed=seed, trusted=trusted)
+                ctx = AuditContext(device=args.device, seed=seed, trusted=trusted, threads=args.threads or None)
                 start = time.perf_counter()
                 root = (args.reports or Path(tmp.name)) / stem
                 result = run_audit(sim.dataset, detectors, RunPaths(root), run_id=stem, ctx=ctx,

@@ -41,6 +41,12 @@ class DetectorResult:
                 raise ValueError(f"{self.name}: array {key!r} has {len(value)} rows for {len(self.score)} scores")
 
 
+# the audit's default torch thread count (AuditContext.threads): 2 is what CI and the
+# benchmark machines have; on one core it ran ~10% slower than 1 thread (a 1,200-digit
+# training, 11.2 s against 10.1 s)
+AUDIT_THREADS = 2
+
+
 @dataclass
 class AuditContext:
     """What detectors of one audit share: device, seed, an optional trusted clean set, the
@@ -61,6 +67,12 @@ class AuditContext:
     # where models trained for detection keep a checkpoint each epoch (None = no
     # checkpoints): a re-run after a crash or kill -9 resumes the training where it stopped
     checkpoint_dir: str | None = None
+    # torch's intra-op threads while each detector runs (run_detector): fixed, so that the
+    # same data and seed give the same flags on a 1-, 2- or 16-core machine (torch's CPU
+    # reductions depend on the thread count and training amplifies the difference; see
+    # trainers/threads.py). None or 0 = leave torch's setting (faster on many cores; the
+    # flags may then differ with the thread count).
+    threads: int | None = AUDIT_THREADS
 
 
 class Detector:

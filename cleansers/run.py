@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.dataset import ImageDataset
+from trainers.threads import fixed_threads
 
 from .base import DETECTORS, AuditContext, DetectorResult
 
@@ -22,7 +23,8 @@ def run_detector(name: str, ds: ImageDataset, ctx: AuditContext, options: dict[s
     readable = np.flatnonzero(~ds.unreadable)
     ctx.rows = readable
     start = time.perf_counter()
-    inner = detector.score(ds.subset(readable) if len(readable) < len(ds) else ds, ctx)
+    with fixed_threads(ctx.threads):
+        inner = detector.score(ds.subset(readable) if len(readable) < len(ds) else ds, ctx)
     seconds = time.perf_counter() - start
     result = expand_result(name, len(ds), readable, inner, detector.config, seconds)
     ctx.results[name] = result

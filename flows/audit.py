@@ -144,6 +144,7 @@ def _audit(params: AuditParams, lock: RunLock | None) -> AuditSummary:
     timings = {"load": time.perf_counter() - start}
     cache_dir = Path(params.cache_dir) if params.cache_dir else default_cache_dir(params.runs_root)
     ctx = AuditContext(device=params.device, seed=params.seed, expected_dirty_rate=params.expected_dirty_rate,
+                       threads=params.threads or None,
                        trusted=load_trusted_task(params, ds) if params.trusted else None,
                        checkpoint_dir=str(cache_dir / "checkpoints") if params.cache else None)
     results = []

@@ -92,9 +92,15 @@ def detector_key(name: str, detector: Any) -> str:
     return f"{name}-{_digest(KEY_VERSION, name, f'{cls.__module__}.{cls.__qualname__}', cfg, code_identity(cls))}"
 
 
-def whole_key(det_key: str, fingerprint: str, seed: int, expected_dirty_rate: float, upstream: list[str]) -> str:
-    """The key of a model-based detector's whole result on one dataset."""
-    return f"{det_key}-{_digest(fingerprint, str(seed), repr(float(expected_dirty_rate)), *upstream)}"
+def whole_key(det_key: str, fingerprint: str, seed: int, expected_dirty_rate: float, upstream: list[str],
+              threads: int | None = None) -> str:
+    """The key of a model-based detector's whole result on one dataset. ``threads`` (the
+    audit's fixed torch thread count, None = torch's own) is part of it: a model trained
+    with another thread count is another model (trainers/threads.py)."""
+    parts = [fingerprint, str(seed), repr(float(expected_dirty_rate)), *upstream]
+    if threads:
+        parts.append(f"threads={int(threads)}")
+    return f"{det_key}-{_digest(*parts)}"
 
 
 def row_keys(ds: ImageDataset) -> np.ndarray:

@@ -28,6 +28,9 @@ class AuditParams(BaseModel):
     device: str = "auto"
     seed: int = 0
     expected_dirty_rate: float = Field(0.1, gt=0, lt=1)
+    threads: int = Field(2, ge=0, description="torch threads while the detectors run, fixed so that the same data "
+                                             "and seed give the same flags on any core count; 0 = torch's own "
+                                             "(faster on many cores, the flags may then differ)")
     min_votes: int = Field(1, ge=1)
     image_column: str | None = None
     label_column: str = "label"

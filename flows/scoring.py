@@ -24,6 +24,7 @@ from prefect.futures import as_completed
 from cleansers.base import DETECTORS, AuditContext, DetectorResult
 from cleansers.run import build_detector, expand_result, readable_rows, run_detector
 from pipelines.dataset import ImageDataset
+from trainers.threads import fixed_threads
 
 from .caching import detector_key, row_keys, whole_cache_key_fn, whole_key
 from .params import AuditParams
@@ -101,7 +102,7 @@ class Scorer:
     def _whole(self, name: str, options: dict) -> DetectorResult:
         p = self.params
         key = whole_key(detector_key(name, build_detector(name, options)), self._data_key(), p.seed,
-                        p.expected_dirty_rate, self.upstream)
+                        p.expected_dirty_rate, self.upstream, self.ctx.threads)
         if p.cache:
             runnable = whole_task.with_options(result_storage=result_storage(self.cache_dir / "whole"),
                                                refresh_cache=p.refresh_cache)
@@ -126,11 +127,12 @@ class Scorer:
         readable, view = readable_rows(ds)
         self.ctx.rows = readable
         start = time.perf_counter()
-        state = detector.prepare(view, self.ctx)
+        with fixed_threads(self.ctx.threads):  # prepare may train a model (trainers/threads.py)
+            state = detector.prepare(view, self.ctx)
         if detector.row_independent:
             store, key = RowStore(self.cache_dir / "rows" / det_key), det_key
         else:  # sharded but model-based: the shards serve resuming this dataset only
-            key = whole_key(det_key, self._data_key(), p.seed, p.expected_dirty_rate, self.upstream)
+            key = whole_key(det_key, self._data_key(), p.seed, p.expected_dirty_rate, self.upstream, self.ctx.threads)
             store = RowStore(self.cache_dir / "whole" / key / "rows")
         keys = row_keys(view)
         if p.cache and not p.refresh_cache:
@@ -144,7 +146,8 @@ class Scorer:
                  len(shards), p.shard_size)
         if shards:
             scores = self._run_shards(name, options, view, state, store, keys, shards, scores)
-        inner = detector.finalize(view, scores, self.ctx, state)
+        with fixed_threads(self.ctx.threads):
+            inner = detector.finalize(view, scores, self.ctx, state)
         result = expand_result(name, len(ds), readable, inner, detector.config, time.perf_counter() - start)
         result.info.update(cache_key=key, cache="per-row" if detector.row_independent else "shards",
                            rows_reused=int(found.sum()), rows_computed=len(todo), shards=len(shards),

@@ -97,7 +97,7 @@ def audit_params(args: argparse.Namespace) -> Any:
                           detectors=detectors,
                           detector_options=parse_sets(args.set or []), out=args.out, device=args.device,
                           seed=args.seed, min_votes=args.min_votes, expected_dirty_rate=args.expected_dirty_rate,
-                          **run_options(args))
+                          threads=args.threads, **run_options(args))
     _check_detector_options(params.detectors, params.detector_options)
     return params
 
@@ -142,6 +142,10 @@ def add_detector_arguments(sp: argparse.ArgumentParser, default: str | None = No
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--min-votes", type=int, default=1, help="detectors that must fire to flag a row")
     sp.add_argument("--expected-dirty-rate", type=float, default=0.1)
+    sp.add_argument("--threads", type=int, default=2,
+                    help="torch threads while the detectors run (default 2), fixed so that the same data and seed "
+                         "give the same flags on any machine; 0 = torch's own (faster on many cores, the flags "
+                         "may then differ with the core count)")
     add_run_arguments(sp)
 
 
