@@ -77,13 +77,18 @@ BACKDOORBENCH = {  # specs/defenses.md (lossless CIFAR-10; our data is JPEG q75)
 }
 
 
-def residual_of(model, clean, args) -> dict:
+def residual_of(model, clean, args, reference: dict | None = None) -> dict:
+    """The residual estimate (with ``reference``, the input model's, for the transfer of its
+    reversed trigger); ``_full`` keeps the whole estimate for use as a reference."""
     from trainers.purify.residual import ResidualConfig, describe, residual_estimate
 
     cfg = ResidualConfig(**({"steps_per_class": args.residual_steps} if args.residual_steps else {}))
-    est = residual_estimate(model, clean, cfg, device=args.device, seed=args.seed)
+    est = residual_estimate(model, clean, cfg, device=args.device, seed=args.seed,
+                            reference=(reference or {}).get("_full"))
     return {"evidence": est["evidence"], "class": est["class"], "smallest_to_median_l1": est["smallest_to_median_l1"],
-            "seconds": est["seconds"], "describe": describe(est), "agrees": "n/a"}
+            "reversal_evidence": est["reversal_evidence"], "transfer_rate": est["transfer_rate"],
+            "transfer_decides": est["transfer_decides"], "smallest_class": est["smallest_class"],
+            "seconds": est["seconds"], "describe": describe(est), "agrees": "n/a", "_full": est}
 
 
 def slice_table(path: Path, n: int | None, offset: int = 0) -> pa.Table:
@@ -197,8 +202,9 @@ def main() -> None:
                    "seconds": seconds, "train_seconds": train_s,
                    "optimizer_steps": info.get("optimizer_steps"), "epochs_run": info.get("epochs_run")}
             if args.residual:
-                res = residual_of(purified, clean, args)
+                res = residual_of(purified, clean, args, reference=res_before)
                 res["agrees"] = agreement(after["asr"], res["evidence"])
+                res["agrees_reversal_only"] = agreement(after["asr"], res["reversal_evidence"])
                 row.update(residual_before=res_before, residual_after=res)
             if method == "nc":
                 row.update(nc_backdoored=info["backdoored"], nc_target=info["target_class"],
@@ -239,7 +245,15 @@ def main() -> None:
                 right += est["agrees"] == "right"
         print(f"\nresidual estimate agrees with the true ASR (evidence when ASR > 20%, none when < 5%) on "
               f"{right} of {total} scored models")
+        purified = [r["residual_after"] for r in results if r["residual_after"]["agrees"] in ("right", "wrong")]
+        only = [r["residual_after"] for r in results if r["residual_after"]["agrees_reversal_only"] in ("right", "wrong")]
+        print(f"purified models: {sum(e['agrees'] == 'right' for e in purified)} of {len(purified)}; with the reversal "
+              f"alone (no transfer): {sum(e['agrees_reversal_only'] == 'right' for e in only)} of {len(only)}")
     if args.out:
+        for r in results:
+            for key in ("residual_before", "residual_after"):
+                if r.get(key):
+                    r[key] = {k: v for k, v in r[key].items() if not k.startswith("_")}
         Path(args.out).write_text(json.dumps({"device": str(device), "cpu_slice": args.cpu_slice, "rate": rate,
                                               "results": results}, indent=2))
 

@@ -120,20 +120,26 @@ def main() -> None:
     train, test, clean, options, epochs = load_data(args)
     rcfg = ResidualConfig(rows=args.residual_rows, steps_per_class=args.residual_steps)
     results = []
-    header = f"{'attack':9} {'seed':>4} {'model':7} {'CA':>6} {'ASR':>6} {'evidence':>8} {'gap':>5} {'s':>5}  agrees"
+    header = (f"{'attack':9} {'seed':>4} {'model':7} {'CA':>6} {'ASR':>6} {'evidence':>8} {'gap':>5} {'transfer':>8} "
+              f"{'s':>5}  agrees")
     print(header, flush=True)
 
-    def record(attack, seed, name, model, trigger):
+    def record(attack, seed, name, model, trigger, reference=None):
         ev = evaluate(model, test, trigger)
-        est = residual_estimate(model, clean, rcfg, device="cpu", seed=seed)
+        est = residual_estimate(model, clean, rcfg, device="cpu", seed=seed, reference=reference)
         asr = ev.get("asr") if trigger is not None else None
         row = {"attack": attack, "seed": seed, "model": name, "clean_acc": ev["clean_acc"], "asr": asr,
                "evidence": est["evidence"], "class": est["class"], "gap": est["smallest_to_median_l1"], "to_next": est["smallest_to_next_l1"],
                "anomaly_index": est["anomaly_index"], "seconds": est["seconds"], "mask_l1": est["mask_l1"],
-               "agrees": agreement(asr, est["evidence"])}
+               "reversal_evidence": est["reversal_evidence"], "transfer_rate": est["transfer_rate"],
+            "transfer_decides": est["transfer_decides"], "smallest_class": est["smallest_class"],
+               "agrees": agreement(asr, est["evidence"]),
+               "agrees_reversal_only": agreement(asr, est["reversal_evidence"])}
         results.append(row)
+        tr = "-" if est["transfer_rate"] is None else f"{est['transfer_rate']:.2f}"
         print(f"{attack:9} {seed:>4} {name:7} {ev['clean_acc']:6.3f} {'-' if asr is None else f'{asr:6.3f}':>6} "
-              f"{str(est['evidence']):>8} {row['gap']:5.2f} {est['seconds']:5.0f}  {row['agrees']}", flush=True)
+              f"{str(est['evidence']):>8} {row['gap']:5.2f} {tr:>8} {est['seconds']:5.0f}  {row['agrees']}", flush=True)
+        return est
 
     for seed in [int(s) for s in args.seeds.split(",")]:
         for attack in args.attacks.split(","):
@@ -146,7 +152,7 @@ def main() -> None:
             model = build_model("small_cnn", data.num_classes, data.image_size, mean, std, seed=seed, width=12)
             fit(model, data.images, data.labels, preset("cpu_small", epochs=epochs, device="cpu", seed=seed,
                                                         augment={"crop": False, "flip": False}))
-            record(attack, seed, "input", model, trigger)
+            before = record(attack, seed, "input", model, trigger)
             if trigger is None:
                 continue
             for method in args.methods.split(","):
@@ -163,11 +169,15 @@ def main() -> None:
                 else:
                     purified, _ = purify(method, copy.deepcopy(model), clean, dict(options.get(method, {})),
                                          device="cpu", seed=seed)
-                record(attack, seed, method, purified, trigger)
+                record(attack, seed, method, purified, trigger, reference=before)
     scored = [r for r in results if r["agrees"] in ("right", "wrong") or r["agrees"].startswith("clean")]
     right = sum(r["agrees"].endswith("right") for r in scored)
     print(f"\nagreement: {right} of {len(scored)} scored models (ASR between 5% and 20%: not scored, "
           f"{len(results) - len(scored)})")
+    only = [r for r in results if r.get("agrees_reversal_only", "n/a") in ("right", "wrong")
+            or r.get("agrees_reversal_only", "").startswith("clean")]
+    print(f"the reversal alone (no transfer of the input model's trigger): "
+          f"{sum(r['agrees_reversal_only'].endswith('right') for r in only)} of {len(only)}")
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "results": results, "time": time.time()}, indent=1))
 

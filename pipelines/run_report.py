@@ -141,12 +141,14 @@ def render_purify_report(metrics: dict, out: str | Path) -> Path:
                     f"{_table(['model', 'CA', 'ASR', 'RA'], rows)}{der}</section>")
     p = metrics.get("purification") or {}
     if p.get("steps"):
-        steps = [[s["method"], "yes" if s["residual_evidence"] else "no", f"{s['smallest_to_median_l1']:.2f}",
+        steps = [[s["method"], "yes" if s["residual_evidence"] else "no",
+                  f"{s['transfer_rate']:.0%}" if s.get("transfer_decides") and s.get("transfer_rate") is not None
+                  else "n/a", f"{s['smallest_to_median_l1']:.2f}",
                   f"{s['ca_drop']:+.3f}" if "ca_drop" in s else "n/a", f"{s['seconds']:.1f}",
                   "yes" if s["method"] == p.get("chosen") else ""] for s in p["steps"]]
         body.append('<section id="steps"><h2>Auto: the methods tried</h2>'
-                    + _table(["method", "residual evidence", "smallest mask / median", "held-out CA drop", "seconds",
-                              "kept"], steps) + "</section>")
+                    + _table(["method", "residual evidence", "clean rows the input model's reversed trigger still moves",
+                              "smallest mask / median", "held-out CA drop", "seconds", "kept"], steps) + "</section>")
     history = p.get("history") or []
     if history:
         body.append(f'<section id="curves"><h2>Training curves</h2>'

@@ -160,6 +160,9 @@ def test_residual_estimate_reads_the_backdoor_before_and_after_and_auto_stops_on
     assert r["before"]["evidence"] and r["before"]["class"] == 0, r["before"]
     assert p["steps"][0]["method"] == "nc", p["steps"]
     assert p["passed"] and not r["after"]["evidence"] and not r["warning"], (p["steps"], r["after"])
+    # the decision after is the input model's reversed trigger, stamped on the purified model
+    assert r["after"]["transfer_decides"] and r["after"]["transfer_rate"] < 0.2, r["after"]
+    assert "_trigger" not in r["before"] and "_trigger" not in r["after"]  # no tensors in metrics.json
     assert m["before"]["asr"] > 0.8 and m["asr"] < 0.2, m  # the true ASR agrees with "no evidence"
     report = (out / "report.md").read_text()
     assert "Backdoor evidence before: class 0" in report and f"Auto: kept **{p['chosen']}**" in report
@@ -170,6 +173,8 @@ def test_residual_estimate_reads_the_backdoor_before_and_after_and_auto_stops_on
                             device="cpu", log=None, residual=rc)
     assert stays["asr"] > 0.5 and not stays["purification"]["passed"], stays["purification"]["steps"]
     assert stays["residual"]["still_backdoored"] and "still backdoored" in stays["residual"]["warning"]
+    assert stays["residual"]["after"]["transfer_rate"] >= 0.5, stays["residual"]["after"]
+    assert "trigger reversed from the input model" in stays["residual"]["warning"]
 
 
 def test_auto_options_are_checked_before_any_work(digits_setup):

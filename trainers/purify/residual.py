@@ -15,6 +15,19 @@ purification (``purify_and_save``), so a user without the trigger reads "backdoo
 before: class 0 ...; after: none" in metrics.json and report.md, and a warning when the
 evidence remains.
 
+After purification, when the input model showed evidence, the decision is the **transfer**
+of the input model's reversed trigger: stamped on the clean rows of the other classes, does
+the purified model still send at least ``transfer_threshold`` (20%) of them to its class?
+A fresh reversal on the purified model is still run and recorded (``reversal_evidence``),
+but it does not decide: purification makes a trigger harder to reverse before it removes it
+(on the CIFAR-10 residual net SAU / NPD / FT-SAM grew BadNets' reversed mask from 12 to
+21-57 px while 16-43% ASR remained, and the fresh reversal said "none" for 11 of 12 purified
+models), and after a real removal it still found small masks on digits (0.24-0.35 of the
+median at ASR 0-0.7%). The transferred trigger tracked the true ASR (digits: 0.98 / 0.93,
+0.79 / 0.76, 0.00 / 0.01; CIFAR-10 SAU on BadNets 0.73 / 0.43; docs/benchmarks.md). Not
+independent after NC, which unlearns triggers reversed the same way: on a digits Blended
+model NC left ASR 0.99 while the transferred trigger moved 0% of the rows.
+
 What it cannot see: triggers that no small mask reproduces (a blend over the whole image,
 a warp) leave no small reversed mask; "none" then means "no patch-like backdoor found",
 and the report says which kind of evidence was looked for.
@@ -48,12 +61,23 @@ class ResidualConfig:
     reverse_lr: float = 0.1
     success_threshold: float = 0.99
     threshold: float = 0.4
+    # after purification: the input model's reversed trigger (when the input model showed
+    # evidence) is applied to the clean rows of the other classes on the purified model;
+    # evidence remains when at least this share of them still goes to its class: the same
+    # 20% that the benchmarks call "still backdoored" for the true ASR
+    transfer_threshold: float = 0.2
 
 
 def residual_estimate(model: nn.Module, clean: ImageDataset, cfg: ResidualConfig | None = None, *,
-                      device="cpu", seed: int = 0) -> dict:
+                      device="cpu", seed: int = 0, reference: dict | None = None) -> dict:
     """Reverse a trigger per class on ``cfg.rows`` clean rows of ``model`` (its weights are
-    not changed) and say whether one class still looks like a backdoor's target."""
+    not changed) and say whether one class still looks like a backdoor's target.
+
+    ``reference``: the estimate of the model before purification. When it showed evidence,
+    its reversed trigger is also applied to this model (``transfer_rate``: the share of the
+    other classes' clean rows it still sends to its class): purification can make a trigger
+    harder to reverse before it removes it, and the trigger found on the input model still
+    works where the backdoor remains."""
     from ..loop import resolve_device
 
     cfg = cfg or ResidualConfig()
@@ -79,10 +103,29 @@ def residual_estimate(model: nn.Module, clean: ImageDataset, cfg: ResidualConfig
     reached = bool(found["reverse_reached"][k])
     gap = float(found["smallest_to_next_l1"])
     ratio = float(found["smallest_to_median_l1"])
-    evidence = reached and ratio <= cfg.threshold
+    reversal = reached and ratio <= cfg.threshold
     names = list(clean.class_names)
-    return {"evidence": bool(evidence), "class": k if evidence else None,
-            "class_name": (names[k] if k < len(names) else str(k)) if evidence else None,
+    transfer = transfer_class = None
+    if reference is not None and reference.get("_trigger") is not None:
+        # the reference's smallest reversed mask, whether or not it was evidence (recorded;
+        # it decides only when it was)
+        transfer_class = int(reference["smallest_class"])
+        transfer = transfer_rate(model, picked, reference["_trigger"], transfer_class, device)
+    decides = transfer is not None and bool(reference.get("evidence"))
+    if decides:  # the input model's trigger decides (see the module docstring)
+        evidence = transfer >= cfg.transfer_threshold
+        cls = transfer_class if evidence else None
+    else:
+        evidence = reversal
+        cls = k if reversal else None
+    trigger = found["triggers"][k]
+    return {"evidence": bool(evidence), "class": cls,
+            "class_name": (names[cls] if cls < len(names) else str(cls)) if cls is not None else None,
+            "reversal_evidence": bool(reversal), "transfer_rate": transfer, "transfer_class": transfer_class,
+            "transfer_class_name": reference.get("smallest_class_name") if transfer_class is not None else None,
+            "transfer_decides": decides,
+            "transfer_threshold": cfg.transfer_threshold,
+            "_trigger": (trigger["mask"].cpu(), trigger["pattern"].cpu()),
             "smallest_to_median_l1": ratio,
             "smallest_class": k, "smallest_class_name": names[k] if k < len(names) else str(k),
             "smallest_mask_l1": float(l1[k]), "smallest_to_next_l1": gap,
@@ -93,6 +136,38 @@ def residual_estimate(model: nn.Module, clean: ImageDataset, cfg: ResidualConfig
             "looks_for": "patch-like triggers (a small input mask that sends clean images to one class)"}
 
 
+def transfer_rate(model: nn.Module, clean: ImageDataset, trigger: tuple, target: int, device="cpu") -> float | None:
+    """The share of ``clean``'s rows not of ``target`` that ``model`` classifies as ``target``
+    once the reversed ``trigger`` (mask, pattern) is stamped on them."""
+    import torch
+
+    from ..augment import to_float
+    from ..loop import resolve_device
+
+    rows = np.flatnonzero(clean.labels != target)
+    if not len(rows):
+        return None
+    dev = resolve_device(device)
+    mask, pattern = (t.to(dev) for t in trigger)
+    was_training = model.training
+    model.eval()
+    hits = 0
+    try:
+        with torch.no_grad():
+            for s in range(0, len(rows), 256):
+                x = to_float(torch.from_numpy(np.ascontiguousarray(clean.images[rows[s:s + 256]])).to(dev))
+                x = (1 - mask) * x + mask * pattern
+                hits += int((model(x).argmax(1) == target).sum())
+    finally:
+        model.train(was_training)
+    return hits / len(rows)
+
+
+def public(est: dict | None) -> dict | None:
+    """The estimate without its private parts (the reversed trigger's tensors)."""
+    return None if est is None else {k: v for k, v in est.items() if not k.startswith("_")}
+
+
 def describe(est: dict | None) -> str:
     """One phrase: 'class 0 (mask L1 3.1 px, 0.08 of the next smallest; anomaly index 4.1)'."""
     if not est:
@@ -100,6 +175,9 @@ def describe(est: dict | None) -> str:
     detail = (f"mask L1 {est['smallest_mask_l1']:.1f} px, {est['smallest_to_median_l1']:.2f} of the other classes' "
               f"median; "
               f"anomaly index {est['anomaly_index']:.1f}")
+    if est.get("transfer_decides"):
+        detail += (f"; the input model's reversed trigger sends {est['transfer_rate']:.0%} of the other classes' "
+                   f"clean rows to class {est['transfer_class_name']}")
     if est["evidence"]:
         return f"class {est['class_name']} ({detail})"
     return f"none (smallest reversed mask: class {est.get('smallest_class_name', est['smallest_class'])}, {detail})"

@@ -19,7 +19,7 @@ from ..evaluate import der, evaluate, load_trigger, resolve_trigger
 from ..models import CIFAR10_MEAN, CIFAR10_STD, ImageClassifier, build_model
 from ..saved import load_model, read_config, save_model
 from .base import PURIFIERS, make_config, purify
-from .residual import ResidualConfig, describe, residual_estimate
+from .residual import ResidualConfig, describe, public, residual_estimate
 from .strip import StripWrapper, to_nchw
 
 METRICS_FILE = "metrics.json"
@@ -289,8 +289,9 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
             metrics.update(strip_rates(purified, test, trigger_spec))
     if res_cfg is not None:
         if res_after is None:
-            res_after = residual_estimate(purified, clean, res_cfg, device=device, seed=seed)
-        metrics["residual"] = residual_summary(res_before, res_after)
+            res_after = residual_estimate(purified, clean, res_cfg, device=device, seed=seed, reference=res_before)
+        chosen = metrics["purification"].get("chosen", method) if method == AUTO else method
+        metrics["residual"] = residual_summary(res_before, res_after, chosen)
         if log:
             log(f"residual estimate after {method}: backdoor evidence {describe(res_after)}")
             if metrics["residual"]["warning"]:
@@ -370,9 +371,10 @@ def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, held, held_befor
         mcfg = make_config(name, cfg.options.get(name))
         purified, info = purify(name, copy.deepcopy(model), clean, mcfg, device=device, seed=seed,
                                 log=(lambda m: log(m)) if log else None)
-        res = residual_estimate(purified, clean, res_cfg, device=device, seed=seed)
+        res = residual_estimate(purified, clean, res_cfg, device=device, seed=seed, reference=res_before)
         step = {"method": name, "seconds": info["seconds"] + res["seconds"], "residual_evidence": res["evidence"],
-                "smallest_to_median_l1": res["smallest_to_median_l1"]}
+                "smallest_to_median_l1": res["smallest_to_median_l1"], "transfer_rate": res["transfer_rate"],
+                "transfer_decides": res["transfer_decides"]}
         ca_ok = True
         if held_before is not None:
             after = held_out_accuracy(purified, held, device)
@@ -392,7 +394,10 @@ def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, held, held_befor
         pick = passing[0]
     else:
         ca_ok = [i for i, t in enumerate(tried) if t[3]] or list(range(len(tried)))
-        pick = max(ca_ok, key=lambda i: steps[i]["smallest_to_median_l1"])
+        # the step whose model the input model's reversed trigger moves least, then the one
+        # whose smallest reversed mask looks least like a trigger
+        pick = max(ca_ok, key=lambda i: (-(steps[i]["transfer_rate"] or 0.0) if steps[i]["transfer_decides"] else 0.0,
+                                         steps[i]["smallest_to_median_l1"]))
     purified, info, res, _ = tried[pick]
     out = {k: v for k, v in info.items() if k not in ("method", "config", "seconds", "n_clean")}
     out.update(steps=steps, chosen=steps[pick]["method"], chosen_config=info["config"],
@@ -405,11 +410,16 @@ def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, held, held_befor
     return purified, out
 
 
-def residual_summary(before: dict | None, after: dict) -> dict:
+def residual_summary(before: dict | None, after: dict, method: str | None = None) -> dict:
     """The before / after estimates, one sentence, and a warning when evidence remains."""
+    before, after = public(before), public(after)
     sentence = f"backdoor evidence before: {describe(before)}; after: {describe(after)}"
     warning = None
-    if after["evidence"]:
+    if after["evidence"] and after.get("transfer_decides"):
+        warning = (f"backdoor evidence remains after purification: the trigger reversed from the input model still "
+                   f"sends {after['transfer_rate']:.0%} of the other classes' clean rows to class "
+                   f"{after['class_name']}; the model is probably still backdoored")
+    elif after["evidence"]:
         warning = (f"backdoor evidence remains after purification: class {after['class_name']} is still reached by "
                    f"a reversed mask of {after['smallest_mask_l1']:.1f} px "
                    f"({after['smallest_to_median_l1']:.2f} of the other classes' median); "
@@ -418,13 +428,22 @@ def residual_summary(before: dict | None, after: dict) -> dict:
         sentence += (" (no patch-like backdoor was found in the input model either, so this estimate cannot say "
                      "whether a blend- or warp-style backdoor was removed)")
     elif before is not None:
-        # measured on the CIFAR-10 residual net: SAU / NPD left BadNets at 43% / 21% ASR while
-        # the target's reversed mask grew past the cut (docs/benchmarks.md); NC's removal on
-        # digits looked the same to the estimate, so it cannot warn, only say so
-        sentence += (" (the reversal no longer finds the trigger; purification can hide a trigger from reversal "
+        sentence += (f" (the trigger reversed from the input model now sends only {after['transfer_rate']:.0%} of "
+                     f"the other classes' clean rows to its class"
+                     + ("; NC unlearned triggers reversed the same way, so this check cannot confirm that a trigger "
+                        "of another kind is gone" if method == "nc" else "") + ")"
+                     if after.get("transfer_decides") else
+                     " (the reversal no longer finds the trigger; purification can hide a trigger from reversal "
                      "without removing it, so check with the trigger if you have it)")
     return {"before": before, "after": after, "summary": sentence, "warning": warning,
             "still_backdoored": bool(after["evidence"])}
+
+
+def transfer_cell(step: dict) -> str:
+    """An auto step's transfer of the input model's reversed trigger, for the tables."""
+    if not step.get("transfer_decides") or step.get("transfer_rate") is None:
+        return "n/a (no trigger found in the input model)"
+    return f"{step['transfer_rate']:.0%} of clean rows"
 
 
 def _pct(x: Any) -> str:
@@ -452,11 +471,12 @@ def report_markdown(metrics: dict) -> str:
         p = metrics["purification"]
         lines += ["", f"Auto: kept **{p['chosen']}**" + ("" if p["passed"] else
                                                          " (no step passed; the least trigger-like was kept)"), "",
-                  "| step | residual evidence | smallest mask / median | held-out CA drop | seconds | kept |",
-                  "|---|---|---|---|---|---|"]
+                  "| step | residual evidence | input model's trigger moves | smallest mask / median | held-out CA drop "
+                  "| seconds | kept |",
+                  "|---|---|---|---|---|---|---|"]
         for st in steps:
             drop = f"{st['ca_drop']:+.3f}" if "ca_drop" in st else "n/a"
-            lines.append(f"| {st['method']} | {'yes' if st['residual_evidence'] else 'no'} | "
+            lines.append(f"| {st['method']} | {'yes' if st['residual_evidence'] else 'no'} | {transfer_cell(st)} | "
                          f"{st['smallest_to_median_l1']:.2f} | {drop} | {st['seconds']:.1f} | "
                          f"{'yes' if st['method'] == p['chosen'] else ''} |")
         if p.get("note"):
