@@ -73,10 +73,12 @@ CASES = {
     # running statistics, 6 epochs (12 steps) left them stale after the zeroing (CA 0.31);
     # 12 epochs measured ASR 0.08, CA 0.87
     "tsbd": ({"unlearn_lr": 1e-3, "unlearn_max_epochs": 60, "epochs": 12, "sweep": [0.3]}, 0.3),
-    # 48 steps of 50 rows, 3 inner trigger steps, mask lr 0.03 (Adam, the default): measured
-    # 0.93 -> 0.57, CA 0.92 (with SGD on the masks, the old default, 24 steps at 0.03: 0.52;
-    # Adam at 24 steps: 0.82)
-    "awm": ({"steps": 48, "batch_size": 50, "inner_steps": 3, "lr": 0.03}, 0.7),
+    # 48 steps of 50 rows, 3 inner perturbation steps, mask lr 0.03 (Adam, the default), the
+    # perturbation's L1 budget 100 (the authors' GTSRB value; the default 300 cost one
+    # model seed 14 points of CA here). Measured with the authors' additive perturbation over
+    # model seeds 0-2: ASR 0.85-0.96 -> 0.05-0.14, CA -1 to -4 points (the old NC-style mask
+    # trigger: 0.93 -> 0.57)
+    "awm": ({"steps": 48, "batch_size": 50, "inner_steps": 3, "lr": 0.03, "trigger_norm": 100}, 0.5),
 }
 
 
