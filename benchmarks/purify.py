@@ -45,7 +45,7 @@ from trainers.train import channel_stats  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from residual import agreement  # noqa: E402  (benchmarks/residual.py: right / wrong / n/a against the true ASR)
 
-METHODS = ["ft", "fp", "nc", "sau", "npd", "ftsam", "tsbd", "awm", "strip"]
+METHODS = ["ft", "fp", "nc", "sau", "npd", "ftsam", "tsbd", "awm", "strip", "auto"]
 ATTACKS = ["badnets", "blended", "sig", "wanet"]
 # CPU schedules (the GPU run uses the published defaults), counted in optimizer STEPS (an
 # epoch over 500 clean rows is 2-4 steps, so the published epoch counts mean 5x fewer updates
@@ -89,6 +89,33 @@ def residual_of(model, clean, args, reference: dict | None = None) -> dict:
             "reversal_evidence": est["reversal_evidence"], "transfer_rate": est["transfer_rate"],
             "transfer_decides": est["transfer_decides"], "smallest_class": est["smallest_class"],
             "seconds": est["seconds"], "describe": describe(est), "agrees": "n/a", "_full": est}
+
+
+def run_auto(model, arch: str, clean, test, trigger, cpu: bool, extra_options: dict, device, args):
+    """``--method auto`` as ``vetset purify`` runs it (10% of the clean rows held out for the
+    clean-accuracy rule; the residual estimate decides), with the benchmark's schedules for
+    its steps. Returns the kept model and an info dict (steps, chosen, seconds)."""
+    from trainers import load_model, save_model
+    from trainers.purify.residual import ResidualConfig
+    from trainers.purify.run import purify_and_save
+
+    tmp = Path(tempfile.mkdtemp(prefix="purify-auto-"))
+    src = save_model(model, tmp / "in", arch=arch, num_classes=clean.num_classes, class_names=list(clean.class_names),
+                     input_size=clean.image_size, mean=model.norm.mean.flatten().tolist(),
+                     std=model.norm.std.flatten().tolist())
+    opts = {f"{m}.{k}": v for m in ("nc", "npd", "sau") for k, v in
+            {**(CPU_OPTIONS.get(m, {}) if cpu else {}), **extra_options.get(m, {})}.items()}
+    opts.update({k: v for k, v in extra_options.get("auto", {}).items()})
+    rcfg = ResidualConfig(**({"steps_per_class": args.residual_steps} if args.residual_steps else {}))
+    m = purify_and_save(clean=clean, method="auto", out=tmp / "out", model_dir=src, test=test, trigger=trigger,
+                        options=opts, device=device, seed=args.seed, log=None, residual=rcfg)
+    p = m["purification"]
+    steps = "; ".join(f"{s['method']} {'kept' if s['method'] == p['chosen'] else 'next'} "
+                      f"(transfer {s['transfer_rate'] if s['transfer_rate'] is None else round(s['transfer_rate'], 2)}, "
+                      f"CA drop {s.get('ca_drop', float('nan')):+.3f}, {s['seconds']:.0f}s)" for s in p["steps"])
+    print(f"    auto steps: {steps}; passed {p['passed']}", flush=True)
+    return load_model(tmp / "out"), {"steps": p["steps"], "chosen": p["chosen"], "passed": p["passed"],
+                                     "optimizer_steps": None, "epochs_run": None}
 
 
 def slice_table(path: Path, n: int | None, offset: int = 0) -> pa.Table:
@@ -190,8 +217,11 @@ def main() -> None:
             options = dict(CPU_OPTIONS.get(method, {})) if cpu else {}
             options.update(extra_options.get(method, {}))
             t0 = time.perf_counter()
-            purified, info = purify(method, copy.deepcopy(model), clean, dict(options), device=device,
-                                    seed=args.seed)
+            if method == "auto":
+                purified, info = run_auto(model, arch, clean, test, sim.trigger, cpu, extra_options, device, args)
+            else:
+                purified, info = purify(method, copy.deepcopy(model), clean, dict(options), device=device,
+                                        seed=args.seed)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
