@@ -23,7 +23,8 @@ class PurifyParams(BaseModel):
     min_rows_per_class: int = Field(5, ge=1, description="least readable clean rows of each class")
     allow_missing_classes: bool = Field(False, description="go on when the clean set lacks some of the model's classes")
     holdout: float = Field(0.1, ge=0, lt=1, description="share of the clean set kept out to check clean accuracy")
-    max_ca_drop: float = Field(0.10, ge=0, le=1, description="largest held-out clean-accuracy drop before refusing")
+    max_ca_drop: float = Field(0.10, ge=0, le=1, description="largest held-out clean-accuracy drop before refusing, "
+                                                                     "beyond one standard error of the paired drop")
     force: bool = Field(False, description="save even when the clean accuracy collapsed")
     residual: bool = Field(True, description="trigger-free residual-backdoor estimate before and after")
     residual_rows: int = Field(200, ge=10, description="clean rows the residual estimate reverses triggers on")

@@ -241,3 +241,33 @@ def test_npd_attack_takes_the_authors_signed_steps_projected_on_the_l2_ball(tiny
     # the early stop: at once when more than attack_stop of the batch reaches its target
     stop_now = make_config("npd", {"attack_steps": 5, "attack_stop": -1.0})
     assert torch.equal(targeted_attack(model, x, target, stop_now), targeted_attack(model, x, target, cfg))
+
+
+def test_the_clean_accuracy_rule_allows_for_the_paired_noise_of_the_held_out_rows():
+    """50 held-out rows: a 12-point drop made of 8 rows lost and 2 gained is within 0.10 plus
+    its noise (the NC case of docs/benchmarks.md); 15 rows lost and none gained is not; a
+    model that sends 90% of the rows to one class is refused whatever its accuracy."""
+    from types import SimpleNamespace
+
+    from trainers.purify.run import ca_collapsed, drop_noise
+
+    held = SimpleNamespace(num_classes=10, labels=np.arange(50) % 10)
+    right = np.zeros(50, bool)
+    right[:30] = True
+
+    def acc(correct, top=0.2):
+        return {"clean_acc": float(np.mean(correct)), "top_class_share": top, "correct": correct}
+
+    noisy = right.copy()
+    noisy[:8] = False  # 8 lost
+    noisy[30:32] = True  # 2 gained
+    before, after = acc(right), acc(noisy)
+    assert before["clean_acc"] - after["clean_acc"] == pytest.approx(0.12)
+    assert drop_noise(before, after) == pytest.approx(np.sqrt(10 - 36 / 50) / 50)
+    assert not ca_collapsed(before, after, held, 0.10)
+    assert ca_collapsed(before, after, held, 0.05)
+    lost = right.copy()
+    lost[:15] = False
+    assert ca_collapsed(before, acc(lost), held, 0.10)
+    assert drop_noise(before, acc(right)) == 0.0 and not ca_collapsed(before, acc(right), held, 0.0)
+    assert ca_collapsed(before, acc(right, top=0.9), held, 0.10)

@@ -33,7 +33,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--holdout", type=float, default=0.1,
                    help="share of the clean set kept out to measure clean accuracy before and after (0.1)")
     g.add_argument("--max-ca-drop", type=float, default=0.10,
-                   help="refuse to save when the held-out clean accuracy falls by more than this (0.10)")
+                   help="refuse to save when the held-out clean accuracy falls by more than this plus one standard "
+                        "error of the paired drop on the held-out rows (0.10; 50 held-out rows add ~0.05-0.07)")
     g.add_argument("--force", action="store_true", help="save even when the clean accuracy collapsed")
     g.add_argument("--no-residual", action="store_true",
                    help="skip the trigger-free residual-backdoor estimate before and after (Neural Cleanse's "

@@ -154,14 +154,35 @@ def held_out_accuracy(model: torch.nn.Module, held: ImageDataset, device: Any) -
 
     pred = predict_logits(model, held.images, device=device).argmax(1)
     top = np.bincount(pred, minlength=held.num_classes).max() / max(len(pred), 1)
-    return {"clean_acc": float((pred == held.labels).mean()), "top_class_share": float(top), "rows": int(len(pred))}
+    return {"clean_acc": float((pred == held.labels).mean()), "top_class_share": float(top), "rows": int(len(pred)),
+            "correct": pred == held.labels}
+
+
+def drop_noise(before: dict, after: dict) -> float:
+    """The standard error of the paired accuracy drop on the same held-out rows: from the
+    rows right before and wrong after (b) and the other way round (c),
+    sqrt(b + c - (b - c)^2 / n) / n."""
+    a, z = np.asarray(before["correct"], bool), np.asarray(after["correct"], bool)
+    n = len(a)
+    if n == 0:
+        return 0.0
+    b, c = int((a & ~z).sum()), int((~a & z).sum())
+    return float(np.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n)
 
 
 def ca_collapsed(before: dict, after: dict, held: ImageDataset, max_drop: float) -> bool:
-    """True when the held-out clean accuracy fell by more than ``max_drop`` or one class took
-    90% of the held-out predictions (of a held-out set with more than one label)."""
+    """True when the held-out clean accuracy fell by more than ``max_drop`` plus one standard
+    error of the paired drop (:func:`drop_noise`), or one class took 90% of the held-out
+    predictions (of a held-out set with more than one label).
+
+    Why the noise allowance: 500 clean rows leave 50 held out, where one row is 2 points.
+    On the CIFAR-10 residual net `--method auto` refused NC on a patch model for a 12-point
+    held-out drop while NC on all 500 rows moved the 2,000-row test CA from 58.80 to 59.65
+    and the ASR from 99% to 2.6% (docs/benchmarks.md). The rule now refuses a drop the
+    held-out rows show beyond their noise; with 50 rows that noise is ~5-7 points."""
     one_class = (after["top_class_share"] >= 0.9 and held.num_classes > 1 and len(np.unique(held.labels)) > 1)
-    return before["clean_acc"] - after["clean_acc"] > max_drop or one_class
+    drop = before["clean_acc"] - after["clean_acc"]
+    return drop - drop_noise(before, after) > max_drop or one_class
 
 
 def strip_rates(model: StripWrapper, test: ImageDataset, trigger: Any = None, batch: int = 512) -> dict:
@@ -269,11 +290,14 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
         collapsed = ca_collapsed(held_before, held_after, held, max_ca_drop)
         metrics["ca_check"] = {"held_out_rows": held_after["rows"], "before": held_before["clean_acc"],
                                "after": held_after["clean_acc"], "drop": drop, "max_drop": max_ca_drop,
+                               "drop_noise": drop_noise(held_before, held_after),
                                "top_class_share_after": held_after["top_class_share"], "collapsed": bool(collapsed),
                                "forced": bool(force and collapsed)}
         if collapsed and not force:
             raise VetsetError(f"{method} collapsed the model's clean accuracy on {held_after['rows']} held-out clean rows "
-                              f"({held_before['clean_acc']:.3f} -> {held_after['clean_acc']:.3f}, most predicted class "
+                              f"({held_before['clean_acc']:.3f} -> {held_after['clean_acc']:.3f}, a drop over "
+                              f"{max_ca_drop:g} + {metrics['ca_check']['drop_noise']:.3f} for the held-out rows' noise, "
+                              f"or most predicted class "
                               f"{held_after['top_class_share']:.0%} of them); nothing saved (--force saves it anyway)")
     metrics["seconds"] = info["seconds"]
     metrics["purification"] = _jsonable({k: v for k, v in info.items() if k not in ("wrapper",)})
@@ -378,7 +402,8 @@ def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, held, held_befor
         ca_ok = True
         if held_before is not None:
             after = held_out_accuracy(purified, held, device)
-            step.update(held_out_ca=after["clean_acc"], ca_drop=held_before["clean_acc"] - after["clean_acc"])
+            step.update(held_out_ca=after["clean_acc"], ca_drop=held_before["clean_acc"] - after["clean_acc"],
+                        ca_drop_noise=drop_noise(held_before, after))
             ca_ok = not ca_collapsed(held_before, after, held, max_ca_drop)
         step["passed"] = bool(ca_ok and not res["evidence"])
         steps.append(step)
