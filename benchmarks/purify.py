@@ -91,24 +91,24 @@ def residual_of(model, clean, args, reference: dict | None = None) -> dict:
             "seconds": est["seconds"], "describe": describe(est), "agrees": "n/a", "_full": est}
 
 
-def run_auto(model, arch: str, clean, test, trigger, cpu: bool, extra_options: dict, device, args):
+def run_auto(model, arch: str, clean, test, trigger, schedules: dict, rcfg, device, seed: int,
+             extra: dict | None = None, arch_kwargs: dict | None = None):
     """``--method auto`` as ``vetset purify`` runs it (10% of the clean rows held out for the
-    clean-accuracy rule; the residual estimate decides), with the benchmark's schedules for
-    its steps. Returns the kept model and an info dict (steps, chosen, seconds)."""
+    clean-accuracy rule; the residual estimate ``rcfg`` decides), with ``schedules`` (method ->
+    options) for its steps and ``extra`` auto options (e.g. ``sequence``); prints the steps.
+    Returns the kept model and an info dict (steps, chosen, passed). benchmarks/residual.py
+    calls it too."""
     from trainers import load_model, save_model
-    from trainers.purify.residual import ResidualConfig
     from trainers.purify.run import purify_and_save
 
     tmp = Path(tempfile.mkdtemp(prefix="purify-auto-"))
     src = save_model(model, tmp / "in", arch=arch, num_classes=clean.num_classes, class_names=list(clean.class_names),
                      input_size=clean.image_size, mean=model.norm.mean.flatten().tolist(),
-                     std=model.norm.std.flatten().tolist())
-    opts = {f"{m}.{k}": v for m in ("nc", "npd", "sau") for k, v in
-            {**(CPU_OPTIONS.get(m, {}) if cpu else {}), **extra_options.get(m, {})}.items()}
-    opts.update({k: v for k, v in extra_options.get("auto", {}).items()})
-    rcfg = ResidualConfig(**({"steps_per_class": args.residual_steps} if args.residual_steps else {}))
+                     std=model.norm.std.flatten().tolist(), arch_kwargs=arch_kwargs)
+    opts = {f"{m}.{k}": v for m in ("nc", "npd", "sau") for k, v in schedules.get(m, {}).items()}
+    opts.update(extra or {})
     m = purify_and_save(clean=clean, method="auto", out=tmp / "out", model_dir=src, test=test, trigger=trigger,
-                        options=opts, device=device, seed=args.seed, log=None, residual=rcfg)
+                        options=opts, device=device, seed=seed, log=None, residual=rcfg)
     p = m["purification"]
     steps = "; ".join(f"{s['method']} {'kept' if s['method'] == p['chosen'] else 'next'} "
                       f"(transfer {s['transfer_rate'] if s['transfer_rate'] is None else round(s['transfer_rate'], 2)}, "
@@ -218,7 +218,13 @@ def main() -> None:
             options.update(extra_options.get(method, {}))
             t0 = time.perf_counter()
             if method == "auto":
-                purified, info = run_auto(model, arch, clean, test, sim.trigger, cpu, extra_options, device, args)
+                from trainers.purify.residual import ResidualConfig
+
+                schedules = {m: {**(CPU_OPTIONS.get(m, {}) if cpu else {}), **extra_options.get(m, {})}
+                             for m in ("nc", "npd", "sau")}
+                rcfg = ResidualConfig(**({"steps_per_class": args.residual_steps} if args.residual_steps else {}))
+                purified, info = run_auto(model, arch, clean, test, sim.trigger, schedules, rcfg, device, args.seed,
+                                          extra=extra_options.get("auto"))
             else:
                 purified, info = purify(method, copy.deepcopy(model), clean, dict(options), device=device,
                                         seed=args.seed)

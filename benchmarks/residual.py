@@ -56,24 +56,12 @@ def agreement(asr: float | None, evidence: bool) -> str:
 
 
 def run_auto(model, clean, test, trigger, options, rcfg, seed):
-    """``--method auto`` as the CLI runs it (10% of the clean rows held out for the CA rule),
-    with the benchmark's schedules for its steps; prints the steps."""
-    import tempfile
+    """``--method auto`` as the CLI runs it: benchmarks/purify.py's ``run_auto`` on this
+    script's small CNN (width 12)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from purify import run_auto as auto  # benchmarks/purify.py
 
-    from trainers import load_model, save_model
-    from trainers.purify.run import purify_and_save
-
-    tmp = Path(tempfile.mkdtemp(prefix="residual-auto-"))
-    src = save_model(model, tmp / "in", arch="small_cnn", num_classes=clean.num_classes,
-                     class_names=list(clean.class_names), input_size=clean.image_size,
-                     mean=model.norm.mean.flatten().tolist(), std=model.norm.std.flatten().tolist(),
-                     arch_kwargs={"width": 12})
-    opts = {f"{m}.{k}": v for m in ("nc", "npd", "sau") for k, v in options.get(m, {}).items()}
-    m = purify_and_save(clean=clean, method="auto", out=tmp / "out", model_dir=src, test=test, trigger=trigger,
-                        options=opts, device="cpu", seed=seed, log=None, residual=rcfg)
-    steps = ", ".join(f"{s['method']}{'+' if s['passed'] else '-'}" for s in m["purification"]["steps"])
-    print(f"    auto steps: {steps}; kept {m['purification']['chosen']}", flush=True)
-    return load_model(tmp / "out")
+    return auto(model, "small_cnn", clean, test, trigger, options, rcfg, "cpu", seed, arch_kwargs={"width": 12})[0]
 
 
 def load_data(args):

@@ -12,6 +12,12 @@ def _default_detectors() -> tuple[str, ...]:
     return DEFAULT_DETECTORS
 
 
+def _audit_threads() -> int:
+    from cleansers.base import AUDIT_THREADS
+
+    return AUDIT_THREADS
+
+
 class AuditParams(BaseModel):
     data: str = Field("embedded:digits",
                       description="Parquet file/folder, saved HF dataset, image folder, cached hub name, or embedded:digits")
@@ -28,7 +34,8 @@ class AuditParams(BaseModel):
     device: str = "auto"
     seed: int = 0
     expected_dirty_rate: float = Field(0.1, gt=0, lt=1)
-    threads: int = Field(2, ge=0, description="torch threads while the detectors run, fixed so that the same data "
+    threads: int = Field(default_factory=_audit_threads, ge=0,
+                         description="torch threads while the detectors run, fixed so that the same data "
                                              "and seed give the same flags on any core count; 0 = torch's own "
                                              "(faster on many cores, the flags may then differ)")
     min_votes: int = Field(1, ge=1)

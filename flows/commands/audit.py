@@ -134,6 +134,7 @@ def add_run_arguments(sp: argparse.ArgumentParser) -> None:
 
 def add_detector_arguments(sp: argparse.ArgumentParser, default: str | None = None) -> None:
     from cleansers import DEFAULT_DETECTORS
+    from cleansers.base import AUDIT_THREADS
 
     default = default or ",".join(DEFAULT_DETECTORS)
     sp.add_argument("--detectors", default=default, help=f"comma-separated detector names (default: {default})")
@@ -142,8 +143,9 @@ def add_detector_arguments(sp: argparse.ArgumentParser, default: str | None = No
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--min-votes", type=int, default=1, help="detectors that must fire to flag a row")
     sp.add_argument("--expected-dirty-rate", type=float, default=0.1)
-    sp.add_argument("--threads", type=int, default=2,
-                    help="torch threads while the detectors run (default 2), fixed so that the same data and seed "
+    sp.add_argument("--threads", type=int, default=AUDIT_THREADS,
+                    help=f"torch threads while the detectors run (default {AUDIT_THREADS}), fixed so that the same "
+                         "data and seed "
                          "give the same flags on any machine; 0 = torch's own (faster on many cores, the flags "
                          "may then differ with the core count)")
     add_run_arguments(sp)
