@@ -96,11 +96,9 @@ def purify_awm(model, clean, cfg: AWMConfig, *, device, seed, log):
     delta_opt = torch.optim.SGD([delta], lr=cfg.trigger_lr)
     stats = {"inner_fooled": 0.0, "batches": 0}
 
-    def project() -> None:
+    def project() -> None:  # scale down to the L1 budget, on the device (no sync with a GPU)
         with torch.no_grad():
-            total = float(delta.abs().sum())
-            if total > cfg.trigger_norm:
-                delta.mul_(cfg.trigger_norm / total)
+            delta.mul_((cfg.trigger_norm / delta.abs().sum().clamp_min(1e-12)).clamp(max=1.0))
 
     def extra_loss(m, x, y, logits, bidx):
         x = x.detach()
