@@ -338,6 +338,18 @@ def test_cluster_pick_names_the_part_whose_second_choices_spread_wider():
     assert basis == "size" and (pick == truth).mean() > 0.98 and "150-row excess" in why
     pick, _, basis = cluster_pick(x, None, K, excess=0)
     assert basis == "size" and (pick == truth).mean() > 0.98  # the smaller part
+    # the spread points at the 300-row part, but the class's excess is 150 rows: the size
+    # vetoes the spread when the other part matches the excess (within 25%) and the spread's
+    # part is off by half or more; without the veto, or without an excess, the spread decides
+    inverted = _second_choices(150, 300)[np.r_[150:450, 0:150]]  # the first 300 rows spread wider
+    pick, why, basis = cluster_pick(x, inverted, K, excess=150, size_veto=True)
+    assert basis == "size" and (pick == truth).mean() > 0.98 and "150-row excess" in why
+    pick, _, basis = cluster_pick(x, inverted, K, excess=150, size_veto=False)
+    assert basis == "spread" and (pick != truth).mean() > 0.98
+    pick, _, basis = cluster_pick(x, inverted, K, excess=0, size_veto=True)
+    assert basis == "spread"
+    pick, _, basis = cluster_pick(x, inverted, K, excess=260, size_veto=True)  # 300 is near 260: no veto
+    assert basis == "spread"
 
 
 def _named_by_size_only(shift: float = 5.0):
