@@ -82,7 +82,10 @@ def residual_of(model, clean, args, reference: dict | None = None) -> dict:
     reversed trigger); ``_full`` keeps the whole estimate for use as a reference."""
     from trainers.purify.residual import ResidualConfig, describe, residual_estimate
 
-    cfg = ResidualConfig(**({"steps_per_class": args.residual_steps} if args.residual_steps else {}))
+    # the fresh reversal on a purified model is recorded here (reversal_evidence), though it
+    # does not decide when the input model's trigger is transferred
+    cfg = ResidualConfig(fresh_reversal_after=True,
+                         **({"steps_per_class": args.residual_steps} if args.residual_steps else {}))
     est = residual_estimate(model, clean, cfg, device=args.device, seed=args.seed,
                             reference=(reference or {}).get("_full"))
     return {"evidence": est["evidence"], "class": est["class"], "smallest_to_median_l1": est["smallest_to_median_l1"],

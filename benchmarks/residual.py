@@ -107,6 +107,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     train, test, clean, options, epochs = load_data(args)
     rcfg = ResidualConfig(rows=args.residual_rows, steps_per_class=args.residual_steps)
+    # every estimate here also runs the fresh reversal (reversal_evidence, scored on its own);
+    # auto runs as the CLI does, with rcfg
+    rcfg_full = ResidualConfig(rows=args.residual_rows, steps_per_class=args.residual_steps, fresh_reversal_after=True)
     results = []
     header = (f"{'attack':9} {'seed':>4} {'model':7} {'CA':>6} {'ASR':>6} {'evidence':>8} {'gap':>5} {'transfer':>8} "
               f"{'s':>5}  agrees")
@@ -114,7 +117,7 @@ def main() -> None:
 
     def record(attack, seed, name, model, trigger, reference=None):
         ev = evaluate(model, test, trigger)
-        est = residual_estimate(model, clean, rcfg, device="cpu", seed=seed, reference=reference)
+        est = residual_estimate(model, clean, rcfg_full, device="cpu", seed=seed, reference=reference)
         asr = ev.get("asr") if trigger is not None else None
         row = {"attack": attack, "seed": seed, "model": name, "clean_acc": ev["clean_acc"], "asr": asr,
                "evidence": est["evidence"], "class": est["class"], "gap": est["smallest_to_median_l1"], "to_next": est["smallest_to_next_l1"],

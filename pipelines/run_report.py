@@ -143,7 +143,7 @@ def render_purify_report(metrics: dict, out: str | Path) -> Path:
     if p.get("steps"):
         steps = [[s["method"], "yes" if s["residual_evidence"] else "no",
                   f"{s['transfer_rate']:.0%}" if s.get("transfer_decides") and s.get("transfer_rate") is not None
-                  else "n/a", f"{s['smallest_to_median_l1']:.2f}",
+                  else "n/a", "not run" if s.get("smallest_to_median_l1") is None else f"{s['smallest_to_median_l1']:.2f}",
                   f"{s['ca_drop']:+.3f}" if "ca_drop" in s else "n/a", f"{s['seconds']:.1f}",
                   "yes" if s["method"] == p.get("chosen") else ""] for s in p["steps"]]
         body.append('<section id="steps"><h2>Auto: the methods tried</h2>'

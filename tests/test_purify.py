@@ -164,15 +164,23 @@ def test_residual_estimate_reads_the_backdoor_before_and_after_and_auto_stops_on
     assert p["passed"] and not r["after"]["evidence"] and not r["warning"], (p["steps"], r["after"])
     # the decision after is the input model's reversed trigger, stamped on the purified model
     assert r["after"]["transfer_decides"] and r["after"]["transfer_rate"] < 0.2, r["after"]
+    # ... so the fresh reversal on the purified model, which could not change it, was skipped
+    assert r["after"]["fresh_reversal"] is False and r["after"]["reversal_evidence"] is None, r["after"]
+    assert r["before"]["fresh_reversal"] is True and r["before"]["smallest_mask_l1"] > 0, r["before"]
     assert "_trigger" not in r["before"] and "_trigger" not in r["after"]  # no tensors in metrics.json
     assert m["before"]["asr"] > 0.8 and m["asr"] < 0.2, m  # the true ASR agrees with "no evidence"
     report = (out / "report.md").read_text()
     assert "Backdoor evidence before: class 0" in report and f"Auto: kept **{p['chosen']}**" in report
+    assert "| not run |" in report  # the skipped reversal's column says so
 
+    # asked for, the fresh reversal runs after purification too (recorded; the transfer decides)
+    rc_full = ResidualConfig(rows=40, steps_per_class=120, batch_size=10, fresh_reversal_after=True)
     stays = purify_and_save(clean=digits_setup["clean"], method="auto", out=None,
                             model_dir=digits_setup["model_dir"], test=digits_setup["test"],
                             trigger=digits_setup["trigger"], options={"sequence": "ft", "ft.epochs": 2},
-                            device="cpu", log=None, residual=rc)
+                            device="cpu", log=None, residual=rc_full)
+    assert stays["residual"]["after"]["fresh_reversal"] is True, stays["residual"]["after"]
+    assert isinstance(stays["residual"]["after"]["reversal_evidence"], bool), stays["residual"]["after"]
     assert stays["asr"] > 0.5 and not stays["purification"]["passed"], stays["purification"]["steps"]
     assert stays["residual"]["still_backdoored"] and "still backdoored" in stays["residual"]["warning"]
     assert stays["residual"]["after"]["transfer_rate"] >= 0.5, stays["residual"]["after"]

@@ -18,8 +18,8 @@ evidence remains.
 After purification, when the input model showed evidence, the decision is the **transfer**
 of the input model's reversed trigger: stamped on the clean rows of the other classes, does
 the purified model still send at least ``transfer_threshold`` (20%) of them to its class?
-A fresh reversal on the purified model is still run and recorded (``reversal_evidence``),
-but it does not decide: purification makes a trigger harder to reverse before it removes it
+A fresh reversal on the purified model does not decide, so it is skipped then
+(``fresh_reversal_after`` runs it for the record, as ``reversal_evidence``): purification makes a trigger harder to reverse before it removes it
 (on the CIFAR-10 residual net SAU / NPD / FT-SAM grew BadNets' reversed mask from 12 to
 21-57 px while 16-43% ASR remained, and the fresh reversal said "none" for 11 of 12 purified
 models), and after a real removal it still found small masks on digits (0.24-0.35 of the
@@ -66,6 +66,10 @@ class ResidualConfig:
     # evidence remains when at least this share of them still goes to its class: the same
     # 20% that the benchmarks call "still backdoored" for the true ASR
     transfer_threshold: float = 0.2
+    # the fresh reversal on a purified model when the transferred trigger decides: it cannot
+    # change the decision and costs as much as the estimate before (a third of `--method auto`'s
+    # extra time on the CIFAR-10 residual net), so it is skipped unless asked for
+    fresh_reversal_after: bool = False
 
 
 def residual_estimate(model: nn.Module, clean: ImageDataset, cfg: ResidualConfig | None = None, *,
@@ -92,6 +96,30 @@ def residual_estimate(model: nn.Module, clean: ImageDataset, cfg: ResidualConfig
     nc_cfg = NCConfig(reverse_epochs=max(1, round(cfg.steps_per_class / per_pass)), reverse_rows=len(images),
                       reverse_batch_size=batch, reverse_lr=cfg.reverse_lr,
                       success_threshold=cfg.success_threshold)
+    names = list(clean.class_names)
+    transfer = transfer_class = None
+    if reference is not None and reference.get("_trigger") is not None:
+        # the reference's smallest reversed mask, whether or not it was evidence (recorded;
+        # it decides only when it was)
+        transfer_class = int(reference["smallest_class"])
+        transfer = transfer_rate(model, picked, reference["_trigger"], transfer_class, device)
+    decides = transfer is not None and bool(reference.get("evidence"))
+    common = {"transfer_rate": transfer, "transfer_class": transfer_class,
+              "transfer_class_name": reference.get("smallest_class_name") if transfer_class is not None else None,
+              "transfer_decides": decides, "transfer_threshold": cfg.transfer_threshold,
+              "rows": int(len(images)), "steps_per_class": nc_cfg.reverse_epochs * per_pass,
+              "threshold": cfg.threshold,
+              "looks_for": "patch-like triggers (a small input mask that sends clean images to one class)"}
+    if decides and not cfg.fresh_reversal_after:
+        evidence = transfer >= cfg.transfer_threshold
+        cls = transfer_class if evidence else None
+        return {"evidence": bool(evidence), "class": cls,
+                "class_name": (names[cls] if cls < len(names) else str(cls)) if cls is not None else None,
+                "reversal_evidence": None, "fresh_reversal": False, **common,
+                "_trigger": None, "smallest_to_median_l1": None, "smallest_class": None,
+                "smallest_class_name": None, "smallest_mask_l1": None, "smallest_to_next_l1": None,
+                "anomaly_index": None, "nc_published_call": None, "reversal_reached": None, "mask_l1": None,
+                "seconds": time.time() - start}
     was_training = model.training
     model.eval()
     try:
@@ -104,14 +132,6 @@ def residual_estimate(model: nn.Module, clean: ImageDataset, cfg: ResidualConfig
     gap = float(found["smallest_to_next_l1"])
     ratio = float(found["smallest_to_median_l1"])
     reversal = reached and ratio <= cfg.threshold
-    names = list(clean.class_names)
-    transfer = transfer_class = None
-    if reference is not None and reference.get("_trigger") is not None:
-        # the reference's smallest reversed mask, whether or not it was evidence (recorded;
-        # it decides only when it was)
-        transfer_class = int(reference["smallest_class"])
-        transfer = transfer_rate(model, picked, reference["_trigger"], transfer_class, device)
-    decides = transfer is not None and bool(reference.get("evidence"))
     if decides:  # the input model's trigger decides (see the module docstring)
         evidence = transfer >= cfg.transfer_threshold
         cls = transfer_class if evidence else None
@@ -121,19 +141,14 @@ def residual_estimate(model: nn.Module, clean: ImageDataset, cfg: ResidualConfig
     trigger = found["triggers"][k]
     return {"evidence": bool(evidence), "class": cls,
             "class_name": (names[cls] if cls < len(names) else str(cls)) if cls is not None else None,
-            "reversal_evidence": bool(reversal), "transfer_rate": transfer, "transfer_class": transfer_class,
-            "transfer_class_name": reference.get("smallest_class_name") if transfer_class is not None else None,
-            "transfer_decides": decides,
-            "transfer_threshold": cfg.transfer_threshold,
+            "reversal_evidence": bool(reversal), "fresh_reversal": True, **common,
             "_trigger": (trigger["mask"].cpu(), trigger["pattern"].cpu()),
             "smallest_to_median_l1": ratio,
             "smallest_class": k, "smallest_class_name": names[k] if k < len(names) else str(k),
             "smallest_mask_l1": float(l1[k]), "smallest_to_next_l1": gap,
             "anomaly_index": float(found["anomaly_index"][k]), "nc_published_call": bool(found["backdoored"]),
             "reversal_reached": reached, "mask_l1": [float(v) for v in l1],
-            "rows": int(len(images)), "steps_per_class": nc_cfg.reverse_epochs * per_pass,
-            "threshold": cfg.threshold, "seconds": time.time() - start,
-            "looks_for": "patch-like triggers (a small input mask that sends clean images to one class)"}
+            "seconds": time.time() - start}
 
 
 def transfer_rate(model: nn.Module, clean: ImageDataset, trigger: tuple, target: int, device="cpu") -> float | None:
@@ -172,12 +187,16 @@ def describe(est: dict | None) -> str:
     """One phrase: 'class 0 (mask L1 3.1 px, 0.08 of the next smallest; anomaly index 4.1)'."""
     if not est:
         return "not measured"
-    detail = (f"mask L1 {est['smallest_mask_l1']:.1f} px, {est['smallest_to_median_l1']:.2f} of the other classes' "
-              f"median; "
-              f"anomaly index {est['anomaly_index']:.1f}")
+    parts = []
+    if est.get("smallest_mask_l1") is not None:  # a fresh reversal ran on this model
+        parts.append(f"mask L1 {est['smallest_mask_l1']:.1f} px, {est['smallest_to_median_l1']:.2f} of the other "
+                     f"classes' median; anomaly index {est['anomaly_index']:.1f}")
     if est.get("transfer_decides"):
-        detail += (f"; the input model's reversed trigger sends {est['transfer_rate']:.0%} of the other classes' "
-                   f"clean rows to class {est['transfer_class_name']}")
+        parts.append(f"the input model's reversed trigger sends {est['transfer_rate']:.0%} of the other classes' "
+                     f"clean rows to class {est['transfer_class_name']}")
+    detail = "; ".join(parts)
     if est["evidence"]:
         return f"class {est['class_name']} ({detail})"
+    if est.get("smallest_class") is None:
+        return f"none ({detail})"
     return f"none (smallest reversed mask: class {est.get('smallest_class_name', est['smallest_class'])}, {detail})"

@@ -422,7 +422,7 @@ def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, held, held_befor
         # the step whose model the input model's reversed trigger moves least, then the one
         # whose smallest reversed mask looks least like a trigger
         pick = max(ca_ok, key=lambda i: (-(steps[i]["transfer_rate"] or 0.0) if steps[i]["transfer_decides"] else 0.0,
-                                         steps[i]["smallest_to_median_l1"]))
+                                         steps[i]["smallest_to_median_l1"] or 0.0))
     purified, info, res, _ = tried[pick]
     out = {k: v for k, v in info.items() if k not in ("method", "config", "seconds", "n_clean")}
     out.update(steps=steps, chosen=steps[pick]["method"], chosen_config=info["config"],
@@ -464,6 +464,12 @@ def residual_summary(before: dict | None, after: dict, method: str | None = None
             "still_backdoored": bool(after["evidence"])}
 
 
+def _ratio(value: float | None) -> str:
+    """A smallest-mask / median ratio for the tables; "not run" where the fresh reversal was
+    skipped (the input model's transferred trigger decided)."""
+    return "not run" if value is None else f"{value:.2f}"
+
+
 def transfer_cell(step: dict) -> str:
     """An auto step's transfer of the input model's reversed trigger, for the tables."""
     if not step.get("transfer_decides") or step.get("transfer_rate") is None:
@@ -502,7 +508,7 @@ def report_markdown(metrics: dict) -> str:
         for st in steps:
             drop = f"{st['ca_drop']:+.3f}" if "ca_drop" in st else "n/a"
             lines.append(f"| {st['method']} | {'yes' if st['residual_evidence'] else 'no'} | {transfer_cell(st)} | "
-                         f"{st['smallest_to_median_l1']:.2f} | {drop} | {st['seconds']:.1f} | "
+                         f"{_ratio(st['smallest_to_median_l1'])} | {drop} | {st['seconds']:.1f} | "
                          f"{'yes' if st['method'] == p['chosen'] else ''} |")
         if p.get("note"):
             lines.append(f"\n{p['note']}")
