@@ -108,7 +108,10 @@ def run_auto(model, arch: str, clean, test, trigger, schedules: dict, rcfg, devi
     src = save_model(model, tmp / "in", arch=arch, num_classes=clean.num_classes, class_names=list(clean.class_names),
                      input_size=clean.image_size, mean=model.norm.mean.flatten().tolist(),
                      std=model.norm.std.flatten().tolist(), arch_kwargs=arch_kwargs)
-    opts = {f"{m}.{k}": v for m in ("nc", "npd", "sau") for k, v in schedules.get(m, {}).items()}
+    from trainers.purify.run import auto_config
+
+    seq = auto_config({"sequence": (extra or {})["sequence"]} if "sequence" in (extra or {}) else {}).sequence
+    opts = {f"{m}.{k}": v for m in seq for k, v in schedules.get(m, {}).items()}
     opts.update(extra or {})
     m = purify_and_save(clean=clean, method="auto", out=tmp / "out", model_dir=src, test=test, trigger=trigger,
                         options=opts, device=device, seed=seed, log=None, residual=rcfg)
@@ -224,7 +227,7 @@ def main() -> None:
                 from trainers.purify.residual import ResidualConfig
 
                 schedules = {m: {**(CPU_OPTIONS.get(m, {}) if cpu else {}), **extra_options.get(m, {})}
-                             for m in ("nc", "npd", "sau")}
+                             for m in set(CPU_OPTIONS) | set(extra_options) if m not in ("auto", "strip")}
                 rcfg = ResidualConfig(**({"steps_per_class": args.residual_steps} if args.residual_steps else {}))
                 purified, info = run_auto(model, arch, clean, test, sim.trigger, schedules, rcfg, device, args.seed,
                                           extra=extra_options.get("auto"))
