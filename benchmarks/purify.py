@@ -153,6 +153,10 @@ def main() -> None:
     p.add_argument("--options", default=None,
                    help='JSON {method: {option: value}} merged over the schedules (ablations), e.g. '
                         '\'{"sau": {"batch_size": 64}}\'; recorded with each row')
+    p.add_argument("--clean-source", choices=("train", "test"), default="train",
+                   help="where the clean rows come from: 'train' (default, BackdoorBench's setting: training rows the "
+                        "simulator left clean, which the backdoored model has seen) or 'test' (CPU slices only: test "
+                        "rows disjoint from the 2,000 evaluated, as a user with a separate clean set has)")
     p.add_argument("--residual", action="store_true",
                    help="also run the trigger-free residual-backdoor estimate (trainers/purify/residual.py) on the "
                         "backdoored and on every purified model, and score it against the true ASR")
@@ -175,6 +179,11 @@ def main() -> None:
     pq.write_table(slice_table(data / "train.parquet", n_train), tmp / "train.parquet")
     pq.write_table(slice_table(data / "test.parquet", 2000 if cpu else None), tmp / "test.parquet")
     train_all, test = load_dataset(tmp / "train.parquet"), load_dataset(tmp / "test.parquet")
+    if args.clean_source == "test":
+        if not cpu:
+            raise SystemExit("error: --clean-source test needs --cpu-slice (the GPU run evaluates the whole test split)")
+        pq.write_table(slice_table(data / "test.parquet", 2000, offset=1), tmp / "clean_test.parquet")
+        clean_test = load_dataset(tmp / "clean_test.parquet")  # every 5th test row from row 1: disjoint
     arch, recipe = ("small_cnn", "cpu_small") if cpu else ("preact_resnet18", "fast")
     arch = args.arch or arch
     results = []
@@ -184,6 +193,8 @@ def main() -> None:
         sim = simulate(train_all, SimulationSpec(attack=attack, poison_rate=rate, seed=args.seed, attack_params=params))
         clean_rows = np.flatnonzero(~sim.truth["is_poisoned"].to_numpy())
         clean_pool = train_all.subset(clean_rows)  # the original pixels and labels of unpoisoned rows
+        if args.clean_source == "test":
+            clean_pool = clean_test
         n_clean = int(round(args.clean_frac * len(train_all)))
         mean, std = channel_stats(sim.dataset.images)
         model = build_model(arch, 10, (32, 32), mean, std, seed=args.seed)
@@ -297,6 +308,7 @@ def main() -> None:
                 if r.get(key):
                     r[key] = {k: v for k, v in r[key].items() if not k.startswith("_")}
         Path(args.out).write_text(json.dumps({"device": str(device), "cpu_slice": args.cpu_slice, "rate": rate,
+                                              "clean_source": args.clean_source,
                                               "results": results}, indent=2))
 
 
