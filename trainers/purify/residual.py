@@ -19,8 +19,8 @@ After purification, when the input model showed evidence, the decision is the **
 of the input model's reversed trigger: stamped on the clean rows of the other classes, does
 the purified model still send at least ``transfer_threshold`` (20%) of them to its class?
 A fresh reversal on the purified model does not decide, so it is skipped then
-(``fresh_reversal_after`` runs it for the record, as ``reversal_evidence``): purification makes a trigger harder to reverse before it removes it
-(on the CIFAR-10 residual net SAU / NPD / FT-SAM grew BadNets' reversed mask from 12 to
+(``fresh_reversal_after`` runs it for the record, as ``reversal_evidence``): purification
+makes a trigger harder to reverse before it removes it (on the CIFAR-10 residual net SAU / NPD / FT-SAM grew BadNets' reversed mask from 12 to
 21-57 px while 16-43% ASR remained, and the fresh reversal said "none" for 11 of 12 purified
 models), and after a real removal it still found small masks on digits (0.24-0.35 of the
 median at ASR 0-0.7%). The transferred trigger tracked the true ASR (digits: 0.98 / 0.93,
