@@ -181,8 +181,8 @@ def ca_collapsed(before: dict, after: dict, held: ImageDataset, max_drop: float)
     and the ASR from 99% to 2.6% (docs/benchmarks.md). The rule now refuses a drop the
     held-out rows show beyond their noise; with 50 rows that noise is ~5-7 points.
 
-    Most of that 12-point drop was not noise: the clean rows were training rows, which the
-    input model had fitted, so the held-out "drop" included its train / test gap (a Blended
+    Part of such a drop need not be noise: when the clean rows are training rows, which the
+    input model has fitted, the held-out "drop" includes its train / test gap (a Blended
     model: TSBD read 30 points on training rows, 8 on test rows; docs/purification.md). The
     rule cannot tell which rows the model trained on; users are told to pass clean rows it
     never saw, or to raise ``max_drop`` by the gap."""
