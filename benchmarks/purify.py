@@ -77,15 +77,21 @@ BACKDOORBENCH = {  # specs/defenses.md (lossless CIFAR-10; our data is JPEG q75)
 }
 
 
+def residual_config(args, **kw):
+    """The residual estimate's config: ``--residual-steps`` when given, else the default."""
+    from trainers.purify.residual import ResidualConfig
+
+    return ResidualConfig(**({"steps_per_class": args.residual_steps} if args.residual_steps else {}), **kw)
+
+
 def residual_of(model, clean, args, reference: dict | None = None) -> dict:
     """The residual estimate (with ``reference``, the input model's, for the transfer of its
     reversed trigger); ``_full`` keeps the whole estimate for use as a reference."""
-    from trainers.purify.residual import ResidualConfig, describe, residual_estimate
+    from trainers.purify.residual import describe, residual_estimate
 
     # the fresh reversal on a purified model is recorded here (reversal_evidence), though it
     # does not decide when the input model's trigger is transferred
-    cfg = ResidualConfig(fresh_reversal_after=True,
-                         **({"steps_per_class": args.residual_steps} if args.residual_steps else {}))
+    cfg = residual_config(args, fresh_reversal_after=True)
     est = residual_estimate(model, clean, cfg, device=args.device, seed=args.seed,
                             reference=(reference or {}).get("_full"))
     return {"evidence": est["evidence"], "class": est["class"], "smallest_to_median_l1": est["smallest_to_median_l1"],
@@ -102,15 +108,13 @@ def run_auto(model, arch: str, clean, test, trigger, schedules: dict, rcfg, devi
     Returns the kept model and an info dict (steps, chosen, passed). benchmarks/residual.py
     calls it too."""
     from trainers import load_model, save_model
-    from trainers.purify.run import purify_and_save
+    from trainers.purify.run import auto_config, purify_and_save
 
     tmp = Path(tempfile.mkdtemp(prefix="purify-auto-"))
     src = save_model(model, tmp / "in", arch=arch, num_classes=clean.num_classes, class_names=list(clean.class_names),
                      input_size=clean.image_size, mean=model.norm.mean.flatten().tolist(),
                      std=model.norm.std.flatten().tolist(), arch_kwargs=arch_kwargs)
-    from trainers.purify.run import auto_config
-
-    seq = auto_config({"sequence": (extra or {})["sequence"]} if "sequence" in (extra or {}) else {}).sequence
+    seq = auto_config({k: v for k, v in (extra or {}).items() if k == "sequence"}).sequence
     opts = {f"{m}.{k}": v for m in seq for k, v in schedules.get(m, {}).items()}
     opts.update(extra or {})
     m = purify_and_save(clean=clean, method="auto", out=tmp / "out", model_dir=src, test=test, trigger=trigger,
@@ -235,11 +239,9 @@ def main() -> None:
             options.update(extra_options.get(method, {}))
             t0 = time.perf_counter()
             if method == "auto":
-                from trainers.purify.residual import ResidualConfig
-
                 schedules = {m: {**(CPU_OPTIONS.get(m, {}) if cpu else {}), **extra_options.get(m, {})}
                              for m in set(CPU_OPTIONS) | set(extra_options) if m not in ("auto", "strip")}
-                rcfg = ResidualConfig(**({"steps_per_class": args.residual_steps} if args.residual_steps else {}))
+                rcfg = residual_config(args)
                 purified, info = run_auto(model, arch, clean, test, sim.trigger, schedules, rcfg, device, args.seed,
                                           extra=extra_options.get("auto"))
             else:

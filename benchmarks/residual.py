@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 import time
@@ -109,7 +110,7 @@ def main() -> None:
     rcfg = ResidualConfig(rows=args.residual_rows, steps_per_class=args.residual_steps)
     # every estimate here also runs the fresh reversal (reversal_evidence, scored on its own);
     # auto runs as the CLI does, with rcfg
-    rcfg_full = ResidualConfig(rows=args.residual_rows, steps_per_class=args.residual_steps, fresh_reversal_after=True)
+    rcfg_full = dataclasses.replace(rcfg, fresh_reversal_after=True)
     results = []
     header = (f"{'attack':9} {'seed':>4} {'model':7} {'CA':>6} {'ASR':>6} {'evidence':>8} {'gap':>5} {'transfer':>8} "
               f"{'s':>5}  agrees")

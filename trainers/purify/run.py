@@ -358,8 +358,7 @@ class AutoConfig:
     estimate can then confirm it (CIFAR-10 residual net, BadNets 4.0%, random patch 3.6%);
     then TSBD, the best single method on the CPU at every scale measured (CIFAR-10 residual
     net 10%, seeds 0-2: BadNets 8.7-10.1%, Blended 2.9-7.9%, SIG 0-1.0% at CA -1 to +5; the
-    random patch 7.8-23.7%; digits 0-6% except
-    Blended), and cheaper than the rest; then FT-SAM (the residual net: 5-21%), then SAU (the
+    random patch 7.8-23.7%; digits 0-6% except Blended), and cheaper than the rest; then FT-SAM (the residual net: 5-21%), then SAU (the
     best on digits Blended). NPD, the first step before, was never the best method of a cell."""
 
     sequence: tuple[str, ...] = ("nc", "tsbd", "ftsam", "sau")
