@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipelines.dataset import row_digests  # noqa: E402
 from pipelines.loaders import load_dataset  # noqa: E402
 from pipelines.simulate import SimulationSpec, simulate  # noqa: E402
 from trainers import build_model, evaluate, fit, preset, resolve_device  # noqa: E402
@@ -101,10 +102,12 @@ def residual_of(model, clean, args, reference: dict | None = None) -> dict:
 
 
 def run_auto(model, arch: str, clean, test, trigger, schedules: dict, rcfg, device, seed: int,
-             extra: dict | None = None, arch_kwargs: dict | None = None):
+             extra: dict | None = None, arch_kwargs: dict | None = None, training_rows=None):
     """``--method auto`` as ``vetset purify`` runs it (10% of the clean rows held out for the
     clean-accuracy rule; the residual estimate ``rcfg`` decides), with ``schedules`` (method ->
     options) for its steps and ``extra`` auto options (e.g. ``sequence``); prints the steps.
+    ``training_rows``: the digests of the rows the model was trained on, saved with it as
+    ``vetset train`` saves them, so the clean-accuracy rule knows which clean rows it fitted.
     Returns the kept model and an info dict (steps, chosen, passed). benchmarks/residual.py
     calls it too."""
     from trainers import load_model, save_model
@@ -113,7 +116,7 @@ def run_auto(model, arch: str, clean, test, trigger, schedules: dict, rcfg, devi
     tmp = Path(tempfile.mkdtemp(prefix="purify-auto-"))
     src = save_model(model, tmp / "in", arch=arch, num_classes=clean.num_classes, class_names=list(clean.class_names),
                      input_size=clean.image_size, mean=model.norm.mean.flatten().tolist(),
-                     std=model.norm.std.flatten().tolist(), arch_kwargs=arch_kwargs)
+                     std=model.norm.std.flatten().tolist(), arch_kwargs=arch_kwargs, training_rows=training_rows)
     seq = auto_config({k: v for k, v in (extra or {}).items() if k == "sequence"}).sequence
     opts = {f"{m}.{k}": v for m in seq for k, v in schedules.get(m, {}).items()}
     opts.update(extra or {})
@@ -161,6 +164,9 @@ def main() -> None:
                    help="where the clean rows come from: 'train' (default, BackdoorBench's setting: training rows the "
                         "simulator left clean, which the backdoored model has seen) or 'test' (CPU slices only: test "
                         "rows disjoint from the 2,000 evaluated, as a user with a separate clean set has)")
+    p.add_argument("--no-training-rows", action="store_true",
+                   help="auto: save the backdoored model without the list of its training rows (as a model from "
+                        "elsewhere comes), so the clean-accuracy rule cannot tell which clean rows it fitted")
     p.add_argument("--residual", action="store_true",
                    help="also run the trigger-free residual-backdoor estimate (trainers/purify/residual.py) on the "
                         "backdoored and on every purified model, and score it against the true ASR")
@@ -243,7 +249,8 @@ def main() -> None:
                              for m in set(CPU_OPTIONS) | set(extra_options) if m not in ("auto", "strip")}
                 rcfg = residual_config(args)
                 purified, info = run_auto(model, arch, clean, test, sim.trigger, schedules, rcfg, device, args.seed,
-                                          extra=extra_options.get("auto"))
+                                          extra=extra_options.get("auto"),
+                                          training_rows=None if args.no_training_rows else row_digests(sim.dataset.images))
             else:
                 purified, info = purify(method, copy.deepcopy(model), clean, dict(options), device=device,
                                         seed=args.seed)

@@ -97,3 +97,18 @@ class ImageDataset:
             unreadable=self.unreadable.copy(),
             stats=LoadStats(**self.stats.to_dict()),
         )
+
+
+def row_digests(images: np.ndarray) -> np.ndarray:
+    """One 64-bit content digest per image (blake2b of its decoded pixels and shape), for
+    telling which rows a model was trained on without keeping the rows: a trained model
+    records the digests of its training rows (trainers/saved.py), and purification checks
+    its clean rows against them."""
+    images = np.ascontiguousarray(images)
+    out = np.empty(len(images), dtype=np.uint64)
+    shape = str(images.shape[1:]).encode()
+    for i, img in enumerate(images):
+        h = hashlib.blake2b(img.tobytes(), digest_size=8, person=b"vetset-row")
+        h.update(shape)
+        out[i] = np.frombuffer(h.digest(), dtype="<u8")[0]
+    return out

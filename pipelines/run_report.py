@@ -155,6 +155,15 @@ def render_purify_report(metrics: dict, out: str | Path) -> Path:
                     f"{_img(plots.training_curves(history, metrics['method']), 'training-curves', 'curves')}</section>")
     facts = [["model", f"{metrics.get('source')} ({metrics.get('arch')})"], ["method", metrics.get("method")],
              ["clean rows used", metrics.get("n_clean")], ["seconds", f"{float(metrics.get('seconds') or 0.0):.2f}"]]
+    seen = metrics.get("clean_rows_seen") or {}
+    if seen.get("known"):
+        facts.append(["clean rows the model was trained on", seen.get("message") or
+                      f"{seen.get('seen', 0)} of {seen.get('clean_rows', 0)}"])
+    ca = metrics.get("ca_check")
+    if ca:
+        facts.append(["clean-accuracy check", f"{ca['held_out_rows']} held-out rows: {ca.get('baseline', ca['before']):.3f} -> "
+                      f"{ca['after']:.3f} (drop {ca['drop']:+.3f}; allowed {ca['max_drop']:g} + {ca['drop_noise']:.3f} noise)"
+                      + (" collapsed; saved with --force" if ca.get("forced") else "")])
     body.append(f'<section id="facts"><h2>Run</h2>{_table(["", ""], facts)}</section>')
     path = Path(out) / REPORT_HTML
     atomic_write_text(_page(f"vetset purify: {metrics.get('method')}", "".join(body)), path)

@@ -43,7 +43,7 @@ def digits_setup(tmp_path_factory):
                            input_size=(32, 32), mean=model.norm.mean.flatten().tolist(),
                            std=model.norm.std.flatten().tolist(), arch_kwargs={"width": WIDTH})
     yield {"model": model, "model_dir": model_dir, "test": test, "clean": clean, "train": train,
-           "trigger": sim.trigger, "base": base, "tmp": out}
+           "trained_on": sim.dataset.images, "trigger": sim.trigger, "base": base, "tmp": out}
     torch.set_num_threads(threads)
 
 
@@ -328,6 +328,59 @@ def test_a_purification_that_collapses_clean_accuracy_is_not_saved(digits_setup)
                          model_dir=digits_setup["model_dir"], options={"epochs": 1}, device="cpu", log=None,
                          residual=False)
     assert not ok["ca_check"]["collapsed"]
+
+
+def test_clean_rows_the_model_trained_on_are_known_and_not_read_as_a_drop(digits_setup):
+    """A model saved with its training rows (as ``vetset train`` saves it): purify counts the
+    clean rows it was trained on, holds out rows it never saw when there are enough, measures
+    seen held-out rows from its accuracy on unseen rows (--test) when it must, warns when no
+    such accuracy is known, and saves the purified model with the rows it has now seen."""
+    from pipelines.dataset import ImageDataset, row_digests
+    from pipelines.errors import VetsetError
+    from trainers import save_model
+    from trainers.purify.run import purify_and_save
+    from trainers.saved import TRAINING_ROWS_FILE, read_training_rows
+
+    model, tmp = digits_setup["model"], digits_setup["tmp"]
+    trained_on = row_digests(digits_setup["trained_on"])
+    model_dir = save_model(model, tmp / "with-rows", arch="small_cnn", num_classes=10,
+                           class_names=digits_setup["clean"].class_names, input_size=(32, 32),
+                           mean=model.norm.mean.flatten().tolist(), std=model.norm.std.flatten().tolist(),
+                           arch_kwargs={"width": WIDTH}, training_rows=trained_on)
+    assert np.array_equal(read_training_rows(model_dir), np.unique(trained_on))
+    assert read_training_rows(digits_setup["model_dir"]) is None  # saved without: unknown, not "none seen"
+
+    train, unseen = digits_setup["train"], digits_setup["clean"]
+    seen_rows = np.flatnonzero(np.isin(row_digests(train.images), trained_on))  # not the poisoned rows
+    a, b = train.subset(seen_rows[:100]), unseen.subset(np.arange(100))
+    mixed = ImageDataset(images=np.concatenate([a.images, b.images]), labels=np.concatenate([a.labels, b.labels]),
+                         class_names=list(a.class_names), sample_ids=np.concatenate([a.sample_ids, b.sample_ids]),
+                         unreadable=np.concatenate([a.unreadable, b.unreadable]))
+    out = tmp / "mixed-out"
+    m = purify_and_save(clean=mixed, method="ft", out=out, model_dir=model_dir, options={"epochs": 1}, device="cpu",
+                        log=None, residual=False)
+    seen = m["clean_rows_seen"]
+    assert seen["known"] and seen["seen"] == 100 and seen["clean_rows"] == 200
+    assert seen["held_out_seen"] == 0 and m["ca_check"]["held_out_seen_in_training"] == 0
+    assert m["ca_check"]["baseline"] == pytest.approx(m["ca_check"]["before"])  # all unseen: the paired rule
+    kept = read_training_rows(out)  # the purified model has now also seen the 180 rows it was tuned on
+    assert len(kept) == len(np.unique(trained_on)) + 100 - seen["held_out"]
+
+    only_seen = train.subset(seen_rows[:200])
+    m = purify_and_save(clean=only_seen, method="ft", out=None, model_dir=model_dir, options={"epochs": 1},
+                        device="cpu", log=None, residual=False, test=digits_setup["test"])
+    check = m["ca_check"]
+    assert m["clean_rows_seen"]["held_out_seen"] == check["held_out_rows"] == check["held_out_seen_in_training"]
+    assert check["reference"] == pytest.approx(m["before"]["clean_acc"]) and "--test" in check["reference_source"]
+    assert check["baseline"] == pytest.approx(min(check["reference"], check["before"]))
+    assert check["drop"] == pytest.approx(check["baseline"] - check["after"])
+    m = purify_and_save(clean=only_seen, method="ft", out=None, model_dir=model_dir, options={"epochs": 1},
+                        device="cpu", log=None, residual=False)
+    assert m["ca_check"]["reference"] is None and m["clean_rows_seen"]["message"].startswith("WARNING")
+
+    np.save(model_dir / TRAINING_ROWS_FILE, np.arange(3, dtype=np.int64))
+    with pytest.raises(VetsetError, match="not the training-row list"):
+        read_training_rows(model_dir)
 
 
 def test_npd_with_every_gpu_switch_forced_matches_fp32_eager(digits_setup):

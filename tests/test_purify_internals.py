@@ -249,7 +249,7 @@ def test_the_clean_accuracy_rule_allows_for_the_paired_noise_of_the_held_out_row
     model that sends 90% of the rows to one class is refused whatever its accuracy."""
     from types import SimpleNamespace
 
-    from trainers.purify.run import ca_collapsed, drop_noise
+    from trainers.purify.run import ca_collapsed, held_out_drop
 
     held = SimpleNamespace(num_classes=10, labels=np.arange(50) % 10)
     right = np.zeros(50, bool)
@@ -263,11 +263,45 @@ def test_the_clean_accuracy_rule_allows_for_the_paired_noise_of_the_held_out_row
     noisy[30:32] = True  # 2 gained
     before, after = acc(right), acc(noisy)
     assert before["clean_acc"] - after["clean_acc"] == pytest.approx(0.12)
-    assert drop_noise(before, after) == pytest.approx(np.sqrt(10 - 36 / 50) / 50)
+    assert held_out_drop(before, after)["noise"] == pytest.approx(np.sqrt(10 - 36 / 50) / 50)
     assert not ca_collapsed(before, after, held, 0.10)
     assert ca_collapsed(before, after, held, 0.05)
     lost = right.copy()
     lost[:15] = False
     assert ca_collapsed(before, acc(lost), held, 0.10)
-    assert drop_noise(before, acc(right)) == 0.0 and not ca_collapsed(before, acc(right), held, 0.0)
+    assert held_out_drop(before, acc(right))["noise"] == 0.0 and not ca_collapsed(before, acc(right), held, 0.0)
     assert ca_collapsed(before, acc(right, top=0.9), held, 0.10)
+
+
+def test_held_out_rows_the_model_trained_on_are_measured_from_its_unseen_accuracy():
+    """The train / test gap is not a drop: 30 held-out rows the model fitted (all right before)
+    and 20 it never saw. A purified model right on 60% of the seen rows and unchanged on the
+    unseen ones lost 12 rows against its fit, but its accuracy on unseen rows (the reference,
+    0.6) is what it keeps: no drop there. The same loss without a reference, or a loss on the
+    unseen rows, is still read."""
+    from types import SimpleNamespace
+
+    from trainers.purify.run import ca_collapsed, held_out_drop
+
+    held = SimpleNamespace(num_classes=10, labels=np.arange(50) % 10)
+    seen = np.r_[np.ones(30, bool), np.zeros(20, bool)]
+    before = np.r_[np.ones(30, bool), np.arange(20) < 12]  # fitted seen rows; 12 of 20 unseen right
+
+    def acc(correct):
+        return {"clean_acc": float(np.mean(correct)), "top_class_share": 0.2, "correct": correct}
+
+    after = before.copy()
+    after[:12] = False  # 18 of the 30 seen rows right: 0.6, the model's unseen accuracy
+    gap = held_out_drop(acc(before), acc(after), seen, reference=0.6)
+    assert gap["drop"] == pytest.approx(0.0) and gap["baseline"] == pytest.approx((18 + 12) / 50)
+    assert gap["noise"] == pytest.approx(np.sqrt(30 * 0.6 * 0.4) / 50)
+    assert not ca_collapsed(acc(before), acc(after), held, 0.10, seen, reference=0.6)
+    assert held_out_drop(acc(before), acc(after))["drop"] == pytest.approx(12 / 50)  # no reference: paired
+    assert held_out_drop(acc(before), acc(after), seen, None)["drop"] == pytest.approx(12 / 50)
+    worse = after.copy()
+    worse[30:42] = False  # now it lost all 12 unseen rows it had right too
+    assert held_out_drop(acc(before), acc(worse), seen, 0.6)["drop"] == pytest.approx(12 / 50)
+    assert ca_collapsed(acc(before), acc(worse), held, 0.10, seen, reference=0.6)
+    # a reference above the model's own accuracy on the seen rows never makes the rule stricter
+    low = np.r_[np.arange(30) < 15, np.arange(20) < 12]
+    assert held_out_drop(acc(low), acc(low), seen, reference=0.9)["drop"] == pytest.approx(0.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 
@@ -26,6 +27,13 @@ def test_vetset_train_saves_a_loadable_model_with_metrics(prefect_harness, poiso
     config = json.loads((out / "config.json").read_text())
     assert config["num_classes"] == 10 and (out / "model.safetensors").exists()
     assert 0.0 <= metrics["asr"] <= 1.0 and metrics["epochs"] == 3
+    # the model records which rows it was trained on (purify's clean-accuracy rule reads it)
+    from pipelines.dataset import row_digests
+    from trainers.saved import read_training_rows
+
+    train = load_dataset(poisoned_cifar["data"])
+    assert np.array_equal(read_training_rows(out), np.unique(row_digests(train.images[~train.unreadable])))
+    assert config["training_rows"]["rows"] == len(np.unique(row_digests(train.images)))
 
     model = load_model(out).eval()
     test = load_dataset(tmp_path / "test.parquet")

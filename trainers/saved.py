@@ -31,6 +31,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,6 +45,10 @@ FORMAT = "vetset-model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+# the 64-bit digests (pipelines.dataset.row_digests) of the rows the model was trained on,
+# sorted, as a plain .npy (read with allow_pickle=False): purification uses them to tell
+# which of its clean rows the model has already fitted (trainers/purify/run.py)
+TRAINING_ROWS_FILE = "training_rows.npy"
 
 WRAPPERS: Registry[Callable[..., nn.Module]] = Registry("model wrapper")
 # name -> fn(model: ImageClassifier, **params) -> None, changing the model in place
@@ -146,13 +151,15 @@ def save_model(model: nn.Module, dir: str | os.PathLike, *, arch: str, num_class
                class_names: Sequence[str] | None, input_size: Sequence[int],
                mean: Sequence[float], std: Sequence[float], wrapper: str | dict | None = None,
                arch_kwargs: dict | None = None, extra: dict | None = None,
-               modifications: Sequence[dict] | None = None) -> Path:
+               modifications: Sequence[dict] | None = None, training_rows: Any = None) -> Path:
     """Write ``model.safetensors`` + ``config.json`` into ``dir`` (each atomically).
 
     ``model`` is the bare :class:`ImageClassifier` or, when ``wrapper`` is given, either
     that bare model (it gets wrapped here) or the already wrapped module. ``extra`` is free
     JSON (training config, metrics...). ``modifications`` lists the architecture changes
-    already applied to ``model`` (see :data:`MODIFICATIONS`). Returns the folder.
+    already applied to ``model`` (see :data:`MODIFICATIONS`). ``training_rows``: the row
+    digests of the data the model was trained on (:func:`pipelines.dataset.row_digests`),
+    written to ``training_rows.npy`` and counted in the config. Returns the folder.
     """
     from safetensors.torch import save_file
 
@@ -185,8 +192,35 @@ def save_model(model: nn.Module, dir: str | os.PathLike, *, arch: str, num_class
     }
     with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT})
+    if training_rows is not None:
+        rows = np.unique(np.asarray(training_rows, dtype=np.uint64))
+        with atomic_path(out / TRAINING_ROWS_FILE) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, rows, allow_pickle=False)
+        config["training_rows"] = {"file": TRAINING_ROWS_FILE, "rows": int(len(rows))}
+    elif (out / TRAINING_ROWS_FILE).exists():
+        (out / TRAINING_ROWS_FILE).unlink()  # a stale list from a model saved here before
     atomic_write_json(config, out / CONFIG_FILE)
     return out
+
+
+def read_training_rows(dir: str | os.PathLike) -> np.ndarray | None:
+    """The sorted row digests of a saved model's training data, or None when the model did
+    not record them (saved by an older vetset, or from a bare state dict)."""
+    config = read_config(dir)
+    entry = config.get("training_rows")
+    if not entry:
+        return None
+    path = Path(dir) / TRAINING_ROWS_FILE
+    try:
+        rows = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise VetsetError(f"{path}: unreadable training-row list ({type(exc).__name__}); delete it and the "
+                          f"'training_rows' entry of {CONFIG_FILE} to go on without it") from None
+    if rows.dtype != np.uint64 or rows.ndim != 1 or len(rows) != int(entry.get("rows", -1)):
+        raise VetsetError(f"{path}: not the training-row list {CONFIG_FILE} describes "
+                          f"({rows.dtype}, {rows.shape}; expected {entry.get('rows')} uint64 digests)")
+    return rows
 
 
 def read_config(dir: str | os.PathLike) -> dict:

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pipelines.atomic import atomic_write_json
-from pipelines.dataset import ImageDataset
+from pipelines.dataset import ImageDataset, row_digests
 from pipelines.errors import VetsetError
 from pipelines.run_report import render_train_report
 
@@ -162,7 +162,8 @@ def save_run(model, info: dict, metrics: dict, out: str | os.PathLike, *, arch: 
                    wrapper=info.get("wrapper"),
                    extra={"train_config": cfg.to_dict(), "dataset_fingerprint": train_ds.fingerprint,
                           "trigger": trigger_spec, "defense": info.get("defense", "none"),
-                          "defense_config": info.get("defense_config", {})})
+                          "defense_config": info.get("defense_config", {})},
+                   training_rows=row_digests(train_ds.images[~train_ds.unreadable]))
         atomic_write_json(metrics, Path(out) / METRICS_FILE)
         render_train_report(metrics, out, train_ds, truth)
     return Path(out)

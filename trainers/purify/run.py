@@ -2,6 +2,7 @@
 ``purify`` flow (flows/purify.py) and of benchmarks/purify.py, without Prefect."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,13 +12,13 @@ import numpy as np
 import torch
 
 from pipelines.atomic import atomic_write_json, atomic_write_text
-from pipelines.dataset import ImageDataset
+from pipelines.dataset import ImageDataset, row_digests
 from pipelines.errors import VetsetError
 from pipelines.run_report import render_purify_report
 
 from ..evaluate import der, evaluate, load_trigger, resolve_trigger
 from ..models import CIFAR10_MEAN, CIFAR10_STD, ImageClassifier, build_model
-from ..saved import load_model, read_config, save_model
+from ..saved import load_model, read_config, read_training_rows, save_model
 from .base import PURIFIERS, make_config, purify
 from .residual import ResidualConfig, describe, public, residual_estimate
 from .strip import StripWrapper, to_nchw
@@ -130,10 +131,12 @@ def check_clean_set(clean: ImageDataset, num_classes: int, *, min_rows_per_class
                           "--min-rows-per-class")
 
 
-def holdout_split(clean: ImageDataset, fraction: float, seed: int = 0) -> tuple[ImageDataset, ImageDataset | None]:
+def holdout_split(clean: ImageDataset, fraction: float, seed: int = 0,
+                  prefer: np.ndarray | None = None) -> tuple[ImageDataset, ImageDataset | None]:
     """(rows to purify with, held-out rows to check clean accuracy on): ``fraction`` of each
     class's readable rows (at least one row of a class with two or more), stratified and
-    seeded. None held out when ``fraction`` is 0."""
+    seeded. None held out when ``fraction`` is 0. ``prefer`` (a mask over ``clean``): within
+    a class, these rows are held out first (the rows the model never trained on)."""
     if fraction <= 0:
         return clean, None
     rng = np.random.default_rng([seed, 77])
@@ -141,6 +144,8 @@ def holdout_split(clean: ImageDataset, fraction: float, seed: int = 0) -> tuple[
     held: list[int] = []
     for k in np.unique(clean.labels[readable]):
         rows = rng.permutation(readable[clean.labels[readable] == k])
+        if prefer is not None:
+            rows = rows[np.argsort(~prefer[rows], kind="stable")]
         if len(rows) >= 2:
             held += rows[:max(1, int(round(fraction * len(rows))))].tolist()
     held_idx = np.sort(np.asarray(held, dtype=np.int64))
@@ -158,21 +163,37 @@ def held_out_accuracy(model: torch.nn.Module, held: ImageDataset, device: Any) -
             "correct": pred == held.labels}
 
 
-def drop_noise(before: dict, after: dict) -> float:
-    """The standard error of the paired accuracy drop on the same held-out rows: from the
-    rows right before and wrong after (b) and the other way round (c),
-    sqrt(b + c - (b - c)^2 / n) / n."""
+def held_out_drop(before: dict, after: dict, seen: np.ndarray | None = None,
+                  reference: float | None = None) -> dict:
+    """The held-out clean-accuracy drop, its standard error and the baseline it is measured from.
+
+    On rows the input model never trained on, the drop is paired: the rows right before and
+    wrong after (b) and the other way round (c) give a standard error of
+    sqrt(b + c - (b - c)^2 / n) / n. On rows it trained on (``seen``), its accuracy is
+    inflated by its train / test gap, so with a ``reference`` (its accuracy on rows it never
+    saw: its test CA) the baseline there is the smaller of the two and the noise is the
+    purified model's binomial noise on those rows. Without a reference every row is paired."""
     a, z = np.asarray(before["correct"], bool), np.asarray(after["correct"], bool)
     n = len(a)
     if n == 0:
-        return 0.0
-    b, c = int((a & ~z).sum()), int((~a & z).sum())
-    return float(np.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n)
+        return {"drop": 0.0, "noise": 0.0, "baseline": float(before.get("clean_acc", 0.0))}
+    s = np.zeros(n, bool) if seen is None or reference is None else np.asarray(seen, bool)
+    u = ~s
+    b, c = int((a & ~z & u).sum()), int((~a & z & u).sum())
+    nu, ns = int(u.sum()), int(s.sum())
+    var = b + c - (b - c) ** 2 / nu if nu else 0.0
+    kept = float(a[u].sum())
+    if ns:
+        kept += ns * min(float(reference), float(a[s].mean()))
+        p = float(z[s].mean())
+        var += ns * p * (1 - p)
+    return {"drop": (kept - float(z.sum())) / n, "noise": float(np.sqrt(max(var, 0.0)) / n), "baseline": kept / n}
 
 
-def ca_collapsed(before: dict, after: dict, held: ImageDataset, max_drop: float) -> bool:
+def ca_collapsed(before: dict, after: dict, held: ImageDataset, max_drop: float, seen: np.ndarray | None = None,
+                 reference: float | None = None) -> bool:
     """True when the held-out clean accuracy fell by more than ``max_drop`` plus one standard
-    error of the paired drop (:func:`drop_noise`), or one class took 90% of the held-out
+    error of the drop (:func:`held_out_drop`), or one class took 90% of the held-out
     predictions (of a held-out set with more than one label).
 
     Why the noise allowance: 500 clean rows leave 50 held out, where one row is 2 points.
@@ -181,14 +202,86 @@ def ca_collapsed(before: dict, after: dict, held: ImageDataset, max_drop: float)
     and the ASR from 99% to 2.6% (docs/benchmarks.md). The rule now refuses a drop the
     held-out rows show beyond their noise; with 50 rows that noise is ~5-7 points.
 
-    Part of such a drop need not be noise: when the clean rows are training rows, which the
-    input model has fitted, the held-out "drop" includes its train / test gap (a Blended
-    model: TSBD read 30 points on training rows, 8 on test rows; docs/purification.md). The
-    rule cannot tell which rows the model trained on; users are told to pass clean rows it
-    never saw, or to raise ``max_drop`` by the gap."""
+    Why ``seen`` / ``reference``: when the clean rows are training rows, which the input
+    model has fitted, the paired "drop" includes its train / test gap (a Blended model: TSBD
+    read 30 points on training rows, 8 on test rows; docs/purification.md). A model saved by
+    vetset records its training rows (trainers/saved.py), so the held-out rows are taken
+    among rows it never saw when there are enough, and the seen ones are measured against its
+    test accuracy when one is known."""
     one_class = (after["top_class_share"] >= 0.9 and held.num_classes > 1 and len(np.unique(held.labels)) > 1)
-    drop = before["clean_acc"] - after["clean_acc"]
-    return drop - drop_noise(before, after) > max_drop or one_class
+    d = held_out_drop(before, after, seen, reference)
+    return d["drop"] - d["noise"] > max_drop or one_class
+
+
+@dataclass
+class HeldOutCheck:
+    """The clean-accuracy rule's rows and baseline: ``held`` (kept out of purification), the
+    input model's accuracy on them (``before``), which of them the model trained on
+    (``seen``; all False when it did not record its training rows) and ``reference``, its
+    accuracy on rows it never saw (``reference_source`` says where it comes from)."""
+
+    held: ImageDataset
+    before: dict
+    seen: np.ndarray
+    reference: float | None = None
+    reference_source: str | None = None
+
+    def measure(self, model: torch.nn.Module, device: Any, max_drop: float) -> dict:
+        after = held_out_accuracy(model, self.held, device)
+        d = held_out_drop(self.before, after, self.seen, self.reference)
+        return {"after": after, **d,
+                "collapsed": ca_collapsed(self.before, after, self.held, max_drop, self.seen, self.reference)}
+
+
+def seen_in_training(ds: ImageDataset, training_rows: np.ndarray | None) -> np.ndarray | None:
+    """Per row of ``ds``: is it one of the rows a model was trained on (``training_rows``, its
+    recorded digests; None when it recorded none)."""
+    if training_rows is None:
+        return None
+    return np.isin(row_digests(ds.images), training_rows) & ~ds.unreadable
+
+
+def unseen_accuracy(model_dir: str | os.PathLike | None, before_test: dict | None) -> tuple[float | None, str | None]:
+    """The input model's accuracy on rows it never trained on: on ``--test`` when given, else
+    the clean accuracy its training run measured (metrics.json beside the model)."""
+    if before_test is not None:
+        return float(before_test["clean_acc"]), "its accuracy on the --test rows"
+    if model_dir is not None and (Path(model_dir) / METRICS_FILE).is_file():
+        try:
+            recorded = json.loads((Path(model_dir) / METRICS_FILE).read_text()).get("clean_acc")
+        except (OSError, ValueError):
+            recorded = None
+        if isinstance(recorded, (int, float)) and 0 <= recorded <= 1:
+            return float(recorded), "the clean accuracy its training run measured"
+    return None, None
+
+
+def seen_summary(in_training: np.ndarray | None, check: HeldOutCheck | None) -> dict:
+    """What metrics.json and the log say about the clean rows the model was trained on."""
+    if in_training is None:
+        return {"known": False, "message": None}
+    out = {"known": True, "clean_rows": int(len(in_training)), "seen": int(in_training.sum())}
+    if check is None:
+        out["message"] = f"{out['seen']} of the {out['clean_rows']} clean rows are rows the model was trained on"
+        return out
+    held_seen = int(check.seen.sum())
+    out.update(held_out=int(len(check.held)), held_out_seen=held_seen, reference=check.reference,
+               reference_source=check.reference_source)
+    if not out["seen"]:
+        out["message"] = None
+    elif not held_seen:
+        out["message"] = (f"{out['seen']} of the {out['clean_rows']} clean rows are rows the model was trained on; "
+                          f"the clean-accuracy check holds out {len(check.held)} it never saw")
+    elif check.reference is not None:
+        out["message"] = (f"{out['seen']} of the {out['clean_rows']} clean rows are rows the model was trained on, "
+                          f"{held_seen} of the {len(check.held)} held out: on those the clean-accuracy check "
+                          f"measures from {check.reference_source} ({check.reference:.3f}), not from its fit")
+    else:
+        out["message"] = (f"WARNING: {out['seen']} of the {out['clean_rows']} clean rows are rows the model was "
+                          f"trained on, {held_seen} of the {len(check.held)} held out, and no accuracy of it on "
+                          "unseen rows is known: the clean-accuracy check reads its train / test gap as a drop "
+                          "(give --test, or clean rows it never trained on)")
+    return out
 
 
 def strip_rates(model: StripWrapper, test: ImageDataset, trigger: Any = None, batch: int = 512) -> dict:
@@ -238,7 +331,11 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
     stratified) is kept out of purification and used to measure clean accuracy before and
     after; when it falls by more than ``max_ca_drop`` (10 points), or one class takes 90% of
     the held-out predictions, nothing is saved and a one-line error says so, unless
-    ``force`` (the metrics record ``ca_check``).
+    ``force`` (the metrics record ``ca_check``). When the model recorded its training rows
+    (``training_rows.npy``, written by ``vetset train``), rows it never trained on are held
+    out first, and held-out rows it did train on are measured from its accuracy on unseen
+    rows (``--test``, else its training run's CA; :class:`HeldOutCheck`); ``clean_rows_seen``
+    says how many clean rows it had seen.
 
     ``residual`` (on by default; a :class:`ResidualConfig` to change it, False to skip):
     the trigger-free residual-backdoor estimate (purify/residual.py) on the model before and
@@ -272,37 +369,48 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
                     allow_missing_classes=allow_missing_classes)
     if not 0 <= holdout < 1:
         raise VetsetError("holdout must be in [0, 1)")
-    clean, held = holdout_split(clean, holdout, seed)
+    training_rows = read_training_rows(model_dir) if model_dir is not None else None
+    in_training = seen_in_training(clean, training_rows)
+    clean, held = holdout_split(clean, holdout, seed, prefer=None if in_training is None else ~in_training)
 
     metrics: dict[str, Any] = {"method": method, "n_clean": int((~clean.unreadable).sum()),
                                "arch": meta["arch"], "source": str(model_dir or state_dict)}
     if test is not None:
         metrics["before"] = evaluate(model, test, trigger_spec, device=device)
-    held_before = held_out_accuracy(model, held, device) if held is not None and len(held) else None
+    check = None
+    if held is not None and len(held):
+        held_seen = seen_in_training(held, training_rows)
+        held_seen = np.zeros(len(held), bool) if held_seen is None else held_seen
+        reference, source = unseen_accuracy(model_dir, metrics.get("before")) if held_seen.any() else (None, None)
+        check = HeldOutCheck(held, held_out_accuracy(model, held, device), held_seen, reference, source)
+    metrics["clean_rows_seen"] = seen_summary(in_training, check)
+    if log and metrics["clean_rows_seen"].get("message"):
+        log(metrics["clean_rows_seen"]["message"])
     res_cfg = residual if isinstance(residual, ResidualConfig) else (ResidualConfig() if residual else None)
     res_before = residual_estimate(model, clean, res_cfg, device=device, seed=seed) if res_cfg else None
     if res_before is not None and log:
         log(f"residual estimate before {method}: backdoor evidence {describe(res_before)}")
     if method == AUTO:
-        purified, info = purify_auto(model, clean, cfg, held=held, held_before=held_before, res_before=res_before,
+        purified, info = purify_auto(model, clean, cfg, check=check, res_before=res_before,
                                      res_cfg=res_cfg, max_ca_drop=max_ca_drop, device=device, seed=seed, log=log)
     else:
         purified, info = purify(method, model, clean, cfg, device=device, seed=seed,
                                 log=(lambda m: log(m)) if log else None)
     res_after = info.pop("residual_after", None)
-    if held_before is not None:
-        held_after = held_out_accuracy(purified, held, device)
-        drop = held_before["clean_acc"] - held_after["clean_acc"]
-        collapsed = ca_collapsed(held_before, held_after, held, max_ca_drop)
-        metrics["ca_check"] = {"held_out_rows": held_after["rows"], "before": held_before["clean_acc"],
-                               "after": held_after["clean_acc"], "drop": drop, "max_drop": max_ca_drop,
-                               "drop_noise": drop_noise(held_before, held_after),
+    if check is not None:
+        m = check.measure(purified, device, max_ca_drop)
+        held_after, collapsed = m["after"], m["collapsed"]
+        metrics["ca_check"] = {"held_out_rows": held_after["rows"], "before": check.before["clean_acc"],
+                               "after": held_after["clean_acc"], "drop": m["drop"], "baseline": m["baseline"],
+                               "max_drop": max_ca_drop, "drop_noise": m["noise"],
+                               "held_out_seen_in_training": int(check.seen.sum()),
+                               "reference": check.reference, "reference_source": check.reference_source,
                                "top_class_share_after": held_after["top_class_share"], "collapsed": bool(collapsed),
                                "forced": bool(force and collapsed)}
         if collapsed and not force:
             raise VetsetError(f"{method} collapsed the model's clean accuracy on {held_after['rows']} held-out clean rows "
-                              f"({held_before['clean_acc']:.3f} -> {held_after['clean_acc']:.3f}, a drop over "
-                              f"{max_ca_drop:g} + {metrics['ca_check']['drop_noise']:.3f} for the held-out rows' noise, "
+                              f"({m['baseline']:.3f} -> {held_after['clean_acc']:.3f}, a drop over "
+                              f"{max_ca_drop:g} + {m['noise']:.3f} for the held-out rows' noise, "
                               f"or most predicted class "
                               f"{held_after['top_class_share']:.0%} of them); nothing saved (--force saves it anyway)")
     metrics["seconds"] = info["seconds"]
@@ -335,7 +443,9 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
                    class_names=meta["class_names"], input_size=meta["input_size"], mean=meta["mean"],
                    std=meta["std"], arch_kwargs=meta["arch_kwargs"], wrapper=info.get("wrapper"),
                    modifications=list(meta["modifications"]) + list(info.get("modifications") or []),
-                   extra={"purification": metrics["purification"], "trigger": trigger_spec})
+                   extra={"purification": metrics["purification"], "trigger": trigger_spec},
+                   training_rows=(None if training_rows is None else
+                                  np.concatenate([training_rows, row_digests(clean.images[~clean.unreadable])])))
         atomic_write_json(_jsonable(metrics), out / METRICS_FILE)
         atomic_write_text(report_markdown(metrics), out / REPORT_FILE)
         render_purify_report(_jsonable(metrics), out)
@@ -391,7 +501,7 @@ def auto_config(options: dict | None) -> AutoConfig:
     return AutoConfig(sequence=seq, options=per)
 
 
-def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, held, held_before, res_before, res_cfg,
+def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, check: HeldOutCheck | None, res_before, res_cfg,
                 max_ca_drop: float, device, seed: int, log) -> tuple[torch.nn.Module, dict]:
     """Try ``cfg.sequence`` on copies of ``model``; keep the first step that passes (no residual
     evidence, held-out CA drop within ``max_ca_drop``), else the passing-CA step whose smallest
@@ -414,11 +524,11 @@ def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, held, held_befor
                 "smallest_to_median_l1": res["smallest_to_median_l1"], "transfer_rate": res["transfer_rate"],
                 "transfer_decides": res["transfer_decides"]}
         ca_ok = True
-        if held_before is not None:
-            after = held_out_accuracy(purified, held, device)
-            step.update(held_out_ca=after["clean_acc"], ca_drop=held_before["clean_acc"] - after["clean_acc"],
-                        ca_drop_noise=drop_noise(held_before, after))
-            ca_ok = not ca_collapsed(held_before, after, held, max_ca_drop)
+        if check is not None:
+            m = check.measure(purified, device, max_ca_drop)
+            step.update(held_out_ca=m["after"]["clean_acc"], ca_drop=m["drop"], ca_drop_noise=m["noise"],
+                        ca_baseline=m["baseline"])
+            ca_ok = not m["collapsed"]
         step["passed"] = bool(ca_ok and not res["evidence"])
         steps.append(step)
         tried.append((purified, info, res, ca_ok))
@@ -499,6 +609,14 @@ def report_markdown(metrics: dict) -> str:
     lines = [f"# vetset purify: {metrics['method']}", "",
              f"- model: {metrics['source']} ({metrics['arch']})",
              f"- clean rows used: {metrics['n_clean']}", f"- purification: {metrics['seconds']:.1f} s"]
+    seen = metrics.get("clean_rows_seen") or {}
+    if seen.get("message"):
+        lines.append(f"- {seen['message']}")
+    ca = metrics.get("ca_check")
+    if ca:
+        lines.append(f"- clean-accuracy check on {ca['held_out_rows']} held-out rows: {ca['baseline']:.3f} -> "
+                     f"{ca['after']:.3f} (drop {ca['drop']:+.3f}, allowed {ca['max_drop']:g} + "
+                     f"{ca['drop_noise']:.3f} noise)" + (" **collapsed, saved with --force**" if ca["forced"] else ""))
     if "backdoor_detected" in metrics:
         p = metrics["purification"]
         verdict = (f"**backdoored**, target class {metrics['target_class']}" if metrics["backdoor_detected"]
