@@ -39,7 +39,8 @@ from pipelines.dataset import row_digests  # noqa: E402
 from pipelines.loaders import load_dataset  # noqa: E402
 from pipelines.simulate import SimulationSpec, simulate  # noqa: E402
 from trainers import build_model, evaluate, fit, preset, resolve_device  # noqa: E402
-from trainers.purify import purify  # noqa: E402
+from trainers.purify import PURIFIERS, purify  # noqa: E402
+from trainers.purify.base import profile_options  # noqa: E402
 from trainers.purify.run import balanced_subset, strip_rates  # noqa: E402
 from trainers.train import channel_stats  # noqa: E402
 
@@ -48,28 +49,17 @@ from residual import agreement  # noqa: E402  (benchmarks/residual.py: right / w
 
 METHODS = ["ft", "fp", "nc", "sau", "npd", "ftsam", "tsbd", "awm", "strip", "auto"]
 ATTACKS = ["badnets", "blended", "sig", "wanet"]
-# CPU schedules (the GPU run uses the published defaults), counted in optimizer STEPS (an
-# epoch over 500 clean rows is 2-4 steps, so the published epoch counts mean 5x fewer updates
-# there than on the published 2,500 rows). The rule: every published hyper-parameter kept, and
-# the published number of updates (on 2,500 rows: SAU, NPD, FT-SAM 1,000, TSBD 400) where it
-# fits in 5 minutes on one thread of the 2-core box under load, else the most that fits at
-# the measured cost per step (SAU 1.7 s at batch 128, FT-SAM 0.55 s at batch 256; NPD, 0.25 s,
-# runs its published 1,000);
-# SAU at batch 128 as before (256 would halve its updates), TSBD's unlearning lr 1e-2 (at 1e-4
-# it does not reach its 10% stopping point within the cap). Not tuned on ASR (docs/benchmarks.md).
-CPU_OPTIONS = {
-    "ft": {},  # the default 20 epochs
-    "fp": {},  # the default 10 fine-tuning epochs
-    # NC: with 10 reversal epochs of batch 128 (3 steps each) the masks stayed at 200-300 px and
-    # nothing was flagged; 60 epochs of batch 32 reach the 3x3 trigger's class (~190 s, 1 thread)
-    "nc": {"reverse_epochs": 60, "reverse_rows": 300, "reverse_batch_size": 32, "epochs": 10},
-    "sau": {"steps": 150, "batch_size": 128},  # published 1,000 steps of batch 256 would take ~50 min
-    "npd": {"warmup_steps": 100, "steps": 1000},  # published: 100 warm-up + 1,000 steps (~0.25 s a step)
-    "ftsam": {"steps": 500},  # published 1,000 steps of batch 256 (~0.55 s a step)
-    "tsbd": {"unlearn_lr": 1e-2, "unlearn_max_epochs": 30, "steps": 400},  # published 400 fine-tuning steps
-    "awm": {"steps": 200},  # 400 default steps take ~5 min on 300 rows
-    "strip": {},
-}
+# CPU schedules: the library's CPU profile (each method registers it: trainers/purify/base.py;
+# `vetset purify` uses it on a CPU device, the GPU run the published defaults), counted in
+# optimizer STEPS (an epoch over 500 clean rows is 2-4 steps, so the published epoch counts
+# mean 5x fewer updates there than on the published 2,500 rows). The rule: every published
+# hyper-parameter kept, and the published number of updates (on 2,500 rows: SAU, NPD, FT-SAM
+# 1,000, TSBD 400) where it fits in 5 minutes on one thread of the 2-core box under load, else
+# the most that fits at the measured cost per step (SAU 1.7 s at batch 128, FT-SAM 0.55 s at
+# batch 256; NPD, 0.25 s, runs its published 1,000); SAU at batch 128 (256 would halve its
+# updates), TSBD's unlearning lr 1e-2 (at 1e-4 it does not reach its 10% stopping point within
+# the cap). Not tuned on ASR (docs/benchmarks.md).
+CPU_OPTIONS = {name: dict(PURIFIERS.get(name).cpu) for name in PURIFIERS.names()}
 BACKDOORBENCH = {  # specs/defenses.md (lossless CIFAR-10; our data is JPEG q75)
     "none": {"badnets": "91.32/95.03", "blended": "93.47/99.92", "sig": "84.48/98.27", "wanet": "91.25/89.73"},
     "ft": {"badnets": "89.96/1.48", "blended": "92.78/96.11", "sig": "90.80/2.37", "wanet": "93.48/17.10"},
@@ -241,11 +231,11 @@ def main() -> None:
             runs += [("awm", int(round(0.01 * len(train_all)))), ("awm", 10)]
         for method, n in runs:
             clean = balanced_subset(clean_pool, n, args.seed)
-            options = dict(CPU_OPTIONS.get(method, {})) if cpu else {}
-            options.update(extra_options.get(method, {}))
+            profile = "cpu" if cpu else "published"
+            options = profile_options(method, extra_options.get(method), profile) if method != "auto" else {}
             t0 = time.perf_counter()
             if method == "auto":
-                schedules = {m: {**(CPU_OPTIONS.get(m, {}) if cpu else {}), **extra_options.get(m, {})}
+                schedules = {m: profile_options(m, extra_options.get(m), profile)
                              for m in set(CPU_OPTIONS) | set(extra_options) if m not in ("auto", "strip")}
                 rcfg = residual_config(args)
                 purified, info = run_auto(model, arch, clean, test, sim.trigger, schedules, rcfg, device, args.seed,

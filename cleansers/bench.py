@@ -237,7 +237,15 @@ def cell_spec(cfg: BenchConfig, data_id: dict, kind: str, attack: str, rate: flo
             spec["audit"] = _hash(s["audit"])
         return spec
     return {"kind": kind, "undefended": _hash(s["undefended"]), "purifier": method,
-            "options": cfg.purifier_options.get(method, {}), "clean_fraction": cfg.clean_fraction}
+            "options": purifier_options(cfg, method), "clean_fraction": cfg.clean_fraction}
+
+
+def purifier_options(cfg: BenchConfig, method: str) -> dict:
+    """The options a purify cell runs with: the method's profile for the bench's device (its
+    CPU schedule on a CPU, as `vetset purify` does; trainers/purify/base.py), then the user's."""
+    from trainers.purify.base import profile_options, resolve_profile
+
+    return profile_options(method, cfg.purifier_options.get(method, {}), resolve_profile("auto", cfg.device))
 
 
 def data_identity(cfg: BenchConfig) -> dict:
@@ -411,8 +419,8 @@ def _run_purify(cfg: BenchConfig, cell: Cell, sim) -> list[dict]:
     pool = train.subset(np.flatnonzero(~sim.truth["is_poisoned"].to_numpy(bool)))
     clean = balanced_subset(pool, int(round(cfg.clean_fraction * len(train))), cell.seed)
     t0 = time.perf_counter()
-    purified, info = purify(cell.method, model, clean, dict(cfg.purifier_options.get(cell.method, {})),
-                            device=cfg.device, seed=cell.seed)
+    purified, info = purify(cell.method, model, clean, purifier_options(cfg, cell.method), device=cfg.device,
+                            seed=cell.seed)
     seconds = time.perf_counter() - t0
     after = _evaluate(cfg, purified, sim)
     return [{"method": cell.method, "ca_before": before["clean_acc"], "asr_before": before.get("asr"),

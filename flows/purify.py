@@ -21,7 +21,7 @@ def purify_task(params: PurifyParams) -> dict:
     test = load_dataset(params.test) if params.test else None
     return purify_and_save(clean=clean, method=params.method, out=params.out, model_dir=params.model,
                            arch=params.arch, state_dict=params.state_dict, test=test, trigger=params.trigger,
-                           options=params.options, n_clean=params.n_clean, device=params.device,
+                           options=params.options, n_clean=params.n_clean, device=params.device, profile=params.profile,
                            seed=params.seed, log=logger.info, min_rows_per_class=params.min_rows_per_class,
                            allow_missing_classes=params.allow_missing_classes, holdout=params.holdout,
                            max_ca_drop=params.max_ca_drop, force=params.force,

@@ -1,7 +1,7 @@
 """Parameters of the ``purify`` flow (validated pydantic model)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -19,6 +19,9 @@ class PurifyParams(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict, description="method option -> value")
     n_clean: int | None = Field(None, ge=1, description="use a class-balanced subset of this many clean rows")
     device: str = "auto"
+    profile: Literal["auto", "cpu", "published"] = Field(
+        "auto", description="the methods' schedules: published (the papers' GPU defaults), cpu (steps that fit ~5 "
+                            "minutes on 2 cores), auto (cpu on a CPU device); options override either")
     seed: int = 0
     min_rows_per_class: int = Field(5, ge=1, description="least readable clean rows of each class")
     allow_missing_classes: bool = Field(False, description="go on when the clean set lacks some of the model's classes")

@@ -98,11 +98,13 @@ def test_method_lowers_asr_and_saves_a_loadable_model(digits_setup, method):
     options, asr_bound = CASES[method]
     out = digits_setup["tmp"] / method
     # holdout 0: the schedules above were measured on all 200 clean rows (the held-out
-    # clean-accuracy check has its own test below)
+    # clean-accuracy check has its own test below); the published profile under them, as
+    # measured (the CPU profile would add SAU's batch of 128 to its 10 epochs)
     metrics = purify_and_save(clean=digits_setup["clean"], method=method, out=out,
                               model_dir=digits_setup["model_dir"], test=digits_setup["test"],
                               trigger=digits_setup["trigger"], options=options, device="cpu", log=None,
-                              holdout=0.0, residual=False)
+                              holdout=0.0, residual=False, profile="published")
+    assert metrics["profile"] == "published"
     assert metrics["before"]["asr"] > 0.8
     assert metrics["asr"] < asr_bound, metrics
     assert metrics["asr"] < metrics["before"]["asr"] - RELATIVE_DROP.get(method, 0.0), metrics
@@ -257,6 +259,7 @@ def test_purify_flow_writes_metrics_and_rejects_bad_input(prefect_harness, digit
     assert code == 0, printed.err
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"clean_acc", "asr", "ra", "der", "before", "after", "residual"} <= set(metrics)
+    assert metrics["profile"] == "cpu"  # --profile auto on a CPU device
     assert metrics["residual"]["after"]["rows"] == 20 and metrics["residual"]["after"]["steps_per_class"] == 20
     assert metrics["residual"]["summary"].startswith("backdoor evidence before: ")
     assert metrics["residual"]["summary"] in printed.out

@@ -305,3 +305,25 @@ def test_held_out_rows_the_model_trained_on_are_measured_from_its_unseen_accurac
     # a reference above the model's own accuracy on the seen rows never makes the rule stricter
     low = np.r_[np.arange(30) < 15, np.arange(20) < 12]
     assert held_out_drop(acc(low), acc(low), seen, reference=0.9)["drop"] == pytest.approx(0.0)
+
+
+def test_the_cpu_profile_fills_what_the_user_left_and_never_overrides_a_length_they_gave():
+    """On a CPU device a method runs its registered CPU schedule; the user's options win, and a
+    length the user gives in epochs drops the profile's length in steps (and the other way
+    round), so ``--set epochs=5`` is never silently replaced by the profile's steps."""
+    from pipelines.errors import VetsetError
+    from trainers.purify.base import PURIFIERS, make_config, profile_options, resolve_profile
+
+    assert resolve_profile("auto", "cpu") == "cpu" and resolve_profile("published", "cpu") == "published"
+    with pytest.raises(VetsetError, match="unknown profile"):
+        resolve_profile("fast", "cpu")
+    cpu = PURIFIERS.get("tsbd").cpu
+    assert cpu and make_config("tsbd", None, "cpu").steps == cpu["steps"]
+    assert make_config("tsbd").steps is None and make_config("tsbd").unlearn_lr == 1e-4  # published
+    mine = make_config("tsbd", {"epochs": 5}, "cpu")
+    assert mine.epochs == 5 and mine.steps is None and mine.unlearn_lr == cpu["unlearn_lr"]
+    assert make_config("tsbd", {"unlearn_max_steps": 7}, "cpu").unlearn_max_epochs == 100  # partner dropped
+    assert profile_options("sau", {"lr": 1e-3}, "cpu") == {**PURIFIERS.get("sau").cpu, "lr": 1e-3}
+    assert profile_options("ft", {"epochs": 2}, "cpu") == {"epochs": 2}  # no CPU schedule: published
+    with pytest.raises(VetsetError, match="has no option"):
+        make_config("tsbd", {"nope": 1}, "cpu")

@@ -94,7 +94,11 @@ def _purifiers() -> list[dict[str, Any]]:
     for name in PURIFIERS.names():
         p = PURIFIERS.get(name)
         doc = inspect.getdoc(p.config) or ""
-        out.append({"name": name, "summary": p.summary, "doc": doc, "options": config_options(p.config)})
+        options = config_options(p.config)
+        for o in options:
+            if o["name"] in p.cpu:
+                o["cpu"] = p.cpu[o["name"]]
+        out.append({"name": name, "summary": p.summary, "doc": doc, "options": options})
     return out
 
 
@@ -129,7 +133,8 @@ def _show(kind: str, args: argparse.Namespace) -> int:
         if args.name and item["doc"]:
             print("\n" + item["doc"] + "\n")
         for o in item["options"]:
-            print(f"    {o['name']}: {o['type']} = {o['default']!r}")
+            cpu = f"  (on the CPU: {o['cpu']!r})" if "cpu" in o else ""
+            print(f"    {o['name']}: {o['type']} = {o['default']!r}{cpu}")
         if not item["options"]:
             print("    (no options)")
     return 0

@@ -24,6 +24,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="method option, e.g. --set epochs=5 (repeatable); `vetset purifiers` lists them with their defaults")
     p.add_argument("--n-clean", type=int, help="use a class-balanced subset of this many clean rows")
     p.add_argument("--device", default="auto")
+    p.add_argument("--profile", choices=("auto", "cpu", "published"), default="auto",
+                   help="the methods' schedules: published (the papers' GPU defaults), cpu (optimizer steps that fit "
+                        "~5 minutes on 2 cores for 500 clean rows), auto (cpu on a CPU device); --set overrides either")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="model directory to write")
     g = p.add_argument_group("checks")
@@ -66,7 +69,8 @@ def cmd_purify(args: argparse.Namespace) -> int:
 
     params = build_params(PurifyParams, model=args.model, arch=args.arch, state_dict=args.state_dict,
                           clean=args.clean, method=args.method, out=args.out, test=args.test, trigger=args.trigger,
-                          options=_options(args.set), n_clean=args.n_clean, device=args.device, seed=args.seed,
+                          options=_options(args.set), n_clean=args.n_clean, device=args.device,
+                          profile=args.profile, seed=args.seed,
                           min_rows_per_class=args.min_rows_per_class, allow_missing_classes=args.allow_missing_classes,
                           holdout=args.holdout, max_ca_drop=args.max_ca_drop, force=args.force,
                           residual=not args.no_residual, residual_rows=args.residual_rows,

@@ -19,7 +19,7 @@ from pipelines.run_report import render_purify_report
 from ..evaluate import der, evaluate, load_trigger, resolve_trigger
 from ..models import CIFAR10_MEAN, CIFAR10_STD, ImageClassifier, build_model
 from ..saved import load_model, read_config, read_training_rows, save_model
-from .base import PURIFIERS, make_config, purify
+from .base import PURIFIERS, make_config, purify, resolve_profile
 from .residual import ResidualConfig, describe, public, residual_estimate
 from .strip import StripWrapper, to_nchw
 
@@ -323,9 +323,13 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
                     n_clean: int | None = None, device: Any = "auto", seed: int = 0,
                     log: Callable[[str], Any] | None = print, min_rows_per_class: int = 5,
                     allow_missing_classes: bool = False, holdout: float = 0.1, max_ca_drop: float = 0.10,
-                    force: bool = False, residual: bool | ResidualConfig = True) -> dict:
+                    force: bool = False, residual: bool | ResidualConfig = True, profile: str = "auto") -> dict:
     """Validate everything, purify, evaluate before/after (CA; ASR, RA, DER with a trigger),
     save the model directory (``out``; skipped when None) with metrics.json and report.md.
+
+    ``profile``: the methods' schedules, "published" (the papers' GPU defaults), "cpu" (the
+    CPU schedules each method registers: trainers/purify/base.py) or "auto" (cpu on a CPU
+    device); ``options`` override either, and metrics.json records the profile used.
 
     The clean set is checked first (:func:`check_clean_set`). ``holdout`` of it (10%,
     stratified) is kept out of purification and used to measure clean accuracy before and
@@ -340,6 +344,7 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
     ``residual`` (on by default; a :class:`ResidualConfig` to change it, False to skip):
     the trigger-free residual-backdoor estimate (purify/residual.py) on the model before and
     after, in ``metrics["residual"]`` with a warning when the evidence remains."""
+    profile = resolve_profile(profile, device)
     if method == AUTO:
         cfg = auto_config(options)
         if not residual:
@@ -347,7 +352,7 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
     else:
         if method not in PURIFIERS:
             PURIFIERS.get(method)  # one-line error naming the known methods
-        cfg = make_config(method, options)
+        cfg = make_config(method, options, profile)
     if len(clean) == 0 or not (~clean.unreadable).any():
         raise VetsetError("the clean set is empty")
     model, meta = load_user_model(model_dir, arch=arch, state_dict=state_dict, num_classes=clean.num_classes,
@@ -374,7 +379,7 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
     clean, held = holdout_split(clean, holdout, seed, prefer=None if in_training is None else ~in_training)
 
     metrics: dict[str, Any] = {"method": method, "n_clean": int((~clean.unreadable).sum()),
-                               "arch": meta["arch"], "source": str(model_dir or state_dict)}
+                               "arch": meta["arch"], "source": str(model_dir or state_dict), "profile": profile}
     if test is not None:
         metrics["before"] = evaluate(model, test, trigger_spec, device=device)
     check = None
@@ -391,8 +396,8 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
     if res_before is not None and log:
         log(f"residual estimate before {method}: backdoor evidence {describe(res_before)}")
     if method == AUTO:
-        purified, info = purify_auto(model, clean, cfg, check=check, res_before=res_before,
-                                     res_cfg=res_cfg, max_ca_drop=max_ca_drop, device=device, seed=seed, log=log)
+        purified, info = purify_auto(model, clean, cfg, check=check, res_before=res_before, res_cfg=res_cfg,
+                                     max_ca_drop=max_ca_drop, device=device, seed=seed, log=log, profile=profile)
     else:
         purified, info = purify(method, model, clean, cfg, device=device, seed=seed,
                                 log=(lambda m: log(m)) if log else None)
@@ -502,7 +507,7 @@ def auto_config(options: dict | None) -> AutoConfig:
 
 
 def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, check: HeldOutCheck | None, res_before, res_cfg,
-                max_ca_drop: float, device, seed: int, log) -> tuple[torch.nn.Module, dict]:
+                max_ca_drop: float, device, seed: int, log, profile: str = "published") -> tuple[torch.nn.Module, dict]:
     """Try ``cfg.sequence`` on copies of ``model``; keep the first step that passes (no residual
     evidence, held-out CA drop within ``max_ca_drop``), else the passing-CA step whose smallest
     reversed mask looks least like a trigger. Every step is recorded in ``info["steps"]``."""
@@ -516,7 +521,7 @@ def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, check: HeldOutCh
                           "patch-like backdoor for it to unlearn)")
     steps, tried = [], []
     for name in seq:
-        mcfg = make_config(name, cfg.options.get(name))
+        mcfg = make_config(name, cfg.options.get(name), profile)
         purified, info = purify(name, copy.deepcopy(model), clean, mcfg, device=device, seed=seed,
                                 log=(lambda m: log(m)) if log else None)
         res = residual_estimate(purified, clean, res_cfg, device=device, seed=seed, reference=res_before)
