@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -100,10 +101,16 @@ def run_auto(model, arch: str, clean, test, trigger, schedules: dict, rcfg, devi
     ``vetset train`` saves them, so the clean-accuracy rule knows which clean rows it fitted.
     Returns the kept model and an info dict (steps, chosen, passed). benchmarks/residual.py
     calls it too."""
+    with tempfile.TemporaryDirectory(prefix="purify-auto-") as tmp:
+        return _run_auto(Path(tmp), model, arch, clean, test, trigger, schedules, rcfg, device, seed, extra,
+                         arch_kwargs, training_rows)
+
+
+def _run_auto(tmp: Path, model, arch, clean, test, trigger, schedules, rcfg, device, seed, extra, arch_kwargs,
+              training_rows):
     from trainers import load_model, save_model
     from trainers.purify.run import auto_config, purify_and_save
 
-    tmp = Path(tempfile.mkdtemp(prefix="purify-auto-"))
     src = save_model(model, tmp / "in", arch=arch, num_classes=clean.num_classes, class_names=list(clean.class_names),
                      input_size=clean.image_size, mean=model.norm.mean.flatten().tolist(),
                      std=model.norm.std.flatten().tolist(), arch_kwargs=arch_kwargs, training_rows=training_rows)
@@ -184,6 +191,7 @@ def main() -> None:
             raise SystemExit("error: --clean-source test needs --cpu-slice (the GPU run evaluates the whole test split)")
         pq.write_table(slice_table(data / "test.parquet", 2000, offset=1), tmp / "clean_test.parquet")
         clean_test = load_dataset(tmp / "clean_test.parquet")  # every 5th test row from row 1: disjoint
+    shutil.rmtree(tmp, ignore_errors=True)  # the slices are loaded; the parquet copies are not needed
     arch, recipe = ("small_cnn", "cpu_small") if cpu else ("preact_resnet18", "fast")
     arch = args.arch or arch
     results = []
