@@ -198,9 +198,9 @@ def save_model(model: nn.Module, dir: str | os.PathLike, *, arch: str, num_class
             with open(tmp, "wb") as fh:
                 np.save(fh, rows, allow_pickle=False)
         config["training_rows"] = {"file": TRAINING_ROWS_FILE, "rows": int(len(rows))}
-    elif (out / TRAINING_ROWS_FILE).exists():
-        (out / TRAINING_ROWS_FILE).unlink()  # a stale list from a model saved here before
     atomic_write_json(config, out / CONFIG_FILE)
+    if training_rows is None and (out / TRAINING_ROWS_FILE).exists():
+        (out / TRAINING_ROWS_FILE).unlink()  # a stale list from a model saved here before (the config no longer names it)
     return out
 
 

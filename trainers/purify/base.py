@@ -66,10 +66,10 @@ def profile_options(method: str, overrides: dict | None = None, profile: str = "
     """The options a method runs with: the ``profile``'s (resolved: "cpu" or "published"),
     then the user's ``overrides``; the profile's length of a stage is dropped when the user
     gave its partner (``epochs`` for ``steps``...)."""
-    user = dict(overrides or {})
-    base = dict(PURIFIERS.get(method).cpu) if profile == "cpu" else {}
     if profile not in ("cpu", "published"):
         raise VetsetError(f"profile must be resolved to cpu or published, got {profile!r}")
+    user = dict(overrides or {})
+    base = dict(PURIFIERS.get(method).cpu) if profile == "cpu" else {}
     for key in list(base):
         if key in user or SCHEDULE_PARTNERS.get(key) in user:
             del base[key]

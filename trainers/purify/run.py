@@ -208,9 +208,12 @@ def ca_collapsed(before: dict, after: dict, held: ImageDataset, max_drop: float,
     vetset records its training rows (trainers/saved.py), so the held-out rows are taken
     among rows it never saw when there are enough, and the seen ones are measured against its
     test accuracy when one is known."""
+    return _refused(held_out_drop(before, after, seen, reference), after, held, max_drop)
+
+
+def _refused(drop: dict, after: dict, held: ImageDataset, max_drop: float) -> bool:
     one_class = (after["top_class_share"] >= 0.9 and held.num_classes > 1 and len(np.unique(held.labels)) > 1)
-    d = held_out_drop(before, after, seen, reference)
-    return d["drop"] - d["noise"] > max_drop or one_class
+    return drop["drop"] - drop["noise"] > max_drop or one_class
 
 
 @dataclass
@@ -229,8 +232,7 @@ class HeldOutCheck:
     def measure(self, model: torch.nn.Module, device: Any, max_drop: float) -> dict:
         after = held_out_accuracy(model, self.held, device)
         d = held_out_drop(self.before, after, self.seen, self.reference)
-        return {"after": after, **d,
-                "collapsed": ca_collapsed(self.before, after, self.held, max_drop, self.seen, self.reference)}
+        return {"after": after, **d, "collapsed": _refused(d, after, self.held, max_drop)}
 
 
 def seen_in_training(ds: ImageDataset, training_rows: np.ndarray | None) -> np.ndarray | None:
@@ -262,7 +264,8 @@ def seen_summary(in_training: np.ndarray | None, check: HeldOutCheck | None) -> 
         return {"known": False, "message": None}
     out = {"known": True, "clean_rows": int(len(in_training)), "seen": int(in_training.sum())}
     if check is None:
-        out["message"] = f"{out['seen']} of the {out['clean_rows']} clean rows are rows the model was trained on"
+        out["message"] = (f"{out['seen']} of the {out['clean_rows']} clean rows are rows the model was trained on"
+                          if out["seen"] else None)
         return out
     held_seen = int(check.seen.sum())
     out.update(held_out=int(len(check.held)), held_out_seen=held_seen, reference=check.reference,
