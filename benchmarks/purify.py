@@ -161,6 +161,9 @@ def main() -> None:
                    help="where the clean rows come from: 'train' (default, BackdoorBench's setting: training rows the "
                         "simulator left clean, which the backdoored model has seen) or 'test' (CPU slices only: test "
                         "rows disjoint from the 2,000 evaluated, as a user with a separate clean set has)")
+    p.add_argument("--train-augment", action="store_true",
+                   help="CPU slices: train the backdoored model with the preset's crop + flip, as `vetset train` does "
+                        "(the default trains without, so that the small CNN learns a 3x3 patch in 10 epochs)")
     p.add_argument("--no-training-rows", action="store_true",
                    help="auto: save the backdoored model without the list of its training rows (as a model from "
                         "elsewhere comes), so the clean-accuracy rule cannot tell which clean rows it fitted")
@@ -207,11 +210,12 @@ def main() -> None:
         mean, std = channel_stats(sim.dataset.images)
         model = build_model(arch, 10, (32, 32), mean, std, seed=args.seed)
         overrides = {"epochs": args.train_epochs} if args.train_epochs else {}
-        if cpu:  # no crop/flip: with random crop the small CNN barely learns a 3x3 patch in 10 epochs
+        if cpu and not args.train_augment:  # no crop/flip: with random crop the small CNN barely learns a 3x3 patch in 10 epochs
             overrides["augment"] = {"crop": False, "flip": False}
         cfg = preset(recipe, device=str(device), seed=args.seed, **overrides)
         tag = "-".join(f"{k}={v}" for k, v in sorted(params.items())).replace("/", "_").replace(":", "_")
         key = f"{arch}-{attack}-{rate}-{args.seed}-{n_train}-{args.train_epochs}-{args.patch_size}"
+        key += "-augment" if (cpu and args.train_augment) else ""
         key += f"-{tag}" if tag else ""
         cached = Path(args.model_cache) / f"{key}.pt" if args.model_cache else None
         if cached is not None and cached.exists():
