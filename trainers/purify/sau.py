@@ -122,7 +122,7 @@ def shared_pgd(model, ref, x: torch.Tensor, y: torch.Tensor, cfg: SAUConfig) -> 
 # CPU: 150 steps of batch 128 (the published 1,000 steps of batch 256 would take ~50 min) at Adam lr
 # 5e-4, five times the published 1e-4 to stand in for the missing updates. Chosen on 8 models (the small
 # CNN and the residual net x BadNets, random patch, Blended, SIG; 10% of a 6,000-row CIFAR-10 slice,
-# seed 0): 5e-4 left less ASR than 1e-4 on all 8 at 0.1-1.7 more CA points (every drop <= 3 points);
+# seed 0): 5e-4 left less ASR than 1e-4 on all 8 for at most 1.8 more CA points (every drop <= 3 points);
 # 1e-3 went past a 5-point CA drop on 3 of the 4 residual-net models (docs/benchmarks.md)
 @register("sau", SAUConfig, "shared adversarial unlearning", cpu={"steps": 150, "batch_size": 128, "lr": 5e-4})
 def purify_sau(model, clean, cfg: SAUConfig, *, device, seed, log):
