@@ -58,8 +58,9 @@ ATTACKS = ["badnets", "blended", "sig", "wanet"]
 # 1,000, TSBD 400) where it fits in 5 minutes on one thread of the 2-core box under load, else
 # the most that fits at the measured cost per step (SAU 1.7 s at batch 128, FT-SAM 0.55 s at
 # batch 256; NPD, 0.25 s, runs its published 1,000); SAU at batch 128 (256 would halve its
-# updates), TSBD's unlearning lr 1e-2 (at 1e-4 it does not reach its 10% stopping point within
-# the cap). Not tuned on ASR (docs/benchmarks.md).
+# updates) at lr 5e-4 (chosen on 8 models, trainers/purify/sau.py), TSBD's unlearning lr 1e-2 (at
+# 1e-4 it does not reach its 10% stopping point within the cap). Each method's reason is beside
+# its registration; docs/benchmarks.md has the measurements.
 CPU_OPTIONS = {name: dict(PURIFIERS.get(name).cpu) for name in PURIFIERS.names()}
 BACKDOORBENCH = {  # specs/defenses.md (lossless CIFAR-10; our data is JPEG q75)
     "none": {"badnets": "91.32/95.03", "blended": "93.47/99.92", "sig": "84.48/98.27", "wanet": "91.25/89.73"},
@@ -93,21 +94,23 @@ def residual_of(model, clean, args, reference: dict | None = None) -> dict:
 
 
 def run_auto(model, arch: str, clean, test, trigger, schedules: dict, rcfg, device, seed: int,
-             extra: dict | None = None, arch_kwargs: dict | None = None, training_rows=None):
+             extra: dict | None = None, arch_kwargs: dict | None = None, training_rows=None,
+             profile: str = "published"):
     """``--method auto`` as ``vetset purify`` runs it (10% of the clean rows held out for the
     clean-accuracy rule; the residual estimate ``rcfg`` decides), with ``schedules`` (method ->
     options) for its steps and ``extra`` auto options (e.g. ``sequence``); prints the steps.
     ``training_rows``: the digests of the rows the model was trained on, saved with it as
     ``vetset train`` saves them, so the clean-accuracy rule knows which clean rows it fitted.
+    ``profile``: the methods' schedules under ``schedules`` ("cpu" or "published").
     Returns the kept model and an info dict (steps, chosen, passed). benchmarks/residual.py
     calls it too."""
     with tempfile.TemporaryDirectory(prefix="purify-auto-") as tmp:
         return _run_auto(Path(tmp), model, arch, clean, test, trigger, schedules, rcfg, device, seed, extra,
-                         arch_kwargs, training_rows)
+                         arch_kwargs, training_rows, profile)
 
 
 def _run_auto(tmp: Path, model, arch, clean, test, trigger, schedules, rcfg, device, seed, extra, arch_kwargs,
-              training_rows):
+              training_rows, profile):
     from trainers import load_model, save_model
     from trainers.purify.run import auto_config, purify_and_save
 
@@ -118,7 +121,7 @@ def _run_auto(tmp: Path, model, arch, clean, test, trigger, schedules, rcfg, dev
     opts = {f"{m}.{k}": v for m in seq for k, v in schedules.get(m, {}).items()}
     opts.update(extra or {})
     m = purify_and_save(clean=clean, method="auto", out=tmp / "out", model_dir=src, test=test, trigger=trigger,
-                        options=opts, device=device, seed=seed, log=None, residual=rcfg)
+                        options=opts, device=device, seed=seed, log=None, residual=rcfg, profile=profile)
     p = m["purification"]
     steps = "; ".join(f"{s['method']} {'kept' if s['method'] == p['chosen'] else 'next'} "
                       f"(transfer {s['transfer_rate'] if s['transfer_rate'] is None else round(s['transfer_rate'], 2)}, "
@@ -247,12 +250,12 @@ def main() -> None:
             options = profile_options(method, extra_options.get(method), profile) if method != "auto" else {}
             t0 = time.perf_counter()
             if method == "auto":
-                schedules = {m: profile_options(m, extra_options.get(m), profile)
-                             for m in set(CPU_OPTIONS) | set(extra_options) if m not in ("auto", "strip")}
+                schedules = {m: opts for m, opts in extra_options.items() if m not in ("auto", "strip")}
                 rcfg = residual_config(args)
                 purified, info = run_auto(model, arch, clean, test, sim.trigger, schedules, rcfg, device, args.seed,
                                           extra=extra_options.get("auto"),
-                                          training_rows=None if args.no_training_rows else row_digests(sim.dataset.images))
+                                          training_rows=None if args.no_training_rows else row_digests(sim.dataset.images),
+                                          profile=profile)
             else:
                 purified, info = purify(method, copy.deepcopy(model), clean, dict(options), device=device,
                                         seed=args.seed)
