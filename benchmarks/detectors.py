@@ -127,6 +127,15 @@ def make_spec(name: str, rate: float, noise_rate: float, seed: int, probs, targe
                           target=target)
 
 
+def shared_model_key(ctx: AuditContext, ds) -> tuple | None:
+    """The cache key of the audit's shared detection model: the first model trained on ``ds``
+    (AGPD and dynamics train it first; confident learning reads a model of its own on the
+    CPU, trained with crop, which learns some triggers less)."""
+    keys = [k for k in ctx.model_cache if isinstance(k, tuple) and k[0] == "model" and len(k) == 4
+            and k[1] == ds.fingerprint]
+    return keys[0] if keys else None
+
+
 def undefended_asr(ctx: AuditContext, ds, test, trigger) -> float | None:
     """ASR of the audit's detection model (trained on the dirty rows, no defense) on the
     test slice's non-target rows with the trigger."""
@@ -134,11 +143,12 @@ def undefended_asr(ctx: AuditContext, ds, test, trigger) -> float | None:
         return None
     from trainers.loop import predict_logits
 
-    models = [v for k, v in ctx.model_cache.items() if k[0] == "model" and len(k) == 4 and k[1] == ds.fingerprint]
-    if not models:
+    key = shared_model_key(ctx, ds)
+    if key is None:
         return None
+    dm = ctx.model_cache[key]
     bd = backdoor_test_set(test, trigger)
-    pred = predict_logits(models[0].model, bd.images, device=models[0].device, amp=False).argmax(1)
+    pred = predict_logits(dm.model, bd.images, device=dm.device, amp=False).argmax(1)
     return float((pred == trigger["target"]).mean())
 
 
@@ -350,10 +360,11 @@ def main(argv: list[str] | None = None) -> int:
                     slim = [type(r)(r.name, r.score, r.flag, r.suggested_label, r.info, r.arrays) for r in result.results]
                     # the shared detection model's logits and penultimate features, for studying
                     # the verdict's row rules offline (not read by --redecide)
+                    shared = shared_model_key(ctx, sim.dataset)
                     probe = {key[-1]: np.asarray(v, dtype=np.float32 if key[-1] == "logits" else np.float16)
                              for key, v in ctx.model_cache.items()
-                             if isinstance(key, tuple) and len(key) == 5 and key[0] == "model"
-                             and key[1] == sim.dataset.fingerprint and key[-1] in ("logits", "features")}
+                             if isinstance(key, tuple) and len(key) == 5 and key[:4] == shared
+                             and key[-1] in ("logits", "features")}
                     with (args.save / f"{stem}.pkl").open("wb") as f:
                         pickle.dump({"cell": cell, "results": slim, "truth": sim.truth, "probe": probe,
                                      "dataset": sim.dataset.replace(images=sim.dataset.images[:, :1, :1])}, f)

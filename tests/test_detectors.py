@@ -236,7 +236,15 @@ def test_confident_finds_wrong_labels_with_few_false_flags_and_suggests_the_orig
     original = sim.truth["original_label"].to_numpy()
     assert (r.suggested_label[caught] == original[caught]).mean() >= 0.8
     assert (r.suggested_label[~r.flag] == -1).all()
-    assert r.info["withheld"] is False and r.info["strict_issues"] == r.flag.sum() <= r.info["cleanlab_issues"]
+    assert r.info["withheld"] is False and r.info["strict_issues"] <= r.flag.sum() <= r.info["cleanlab_issues"]
+    # on the CPU it reads a model of its own, trained with crop + flip
+    assert r.info["model"]["which"] == "augmented" and r.info["model"]["crop"] is True
+    # 10% wrong labels: the strict bars alone flag over 1% of the rows, so the p(label) bar is
+    # loosened; without the loosening exactly the strict rows are flagged
+    assert r.info["loose"] is True and r.info["bars"]["max_confidence"] == 0.10
+    strict_only = run_detector("confident", sim.dataset, ctx, {"epochs": EPOCHS, "loose_after": 0})
+    assert strict_only.info["loose"] is False and strict_only.flag.sum() == r.info["strict_issues"]
+    assert (strict_only.flag <= r.flag).all()
     # the reliability gate: below min_accuracy the scores stay and the flags are withheld
     gated = run_detector("confident", sim.dataset, ctx, {"epochs": EPOCHS, "min_accuracy": 0.999})
     assert gated.info["withheld"] is True and gated.flag.sum() == 0 and np.array_equal(gated.score, r.score)
