@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import functools
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +177,22 @@ def _isolated_cwd(tmp_path_factory):
         yield
     finally:
         os.chdir(before)
+
+
+def prefect_api(base_url: str, timeout: float = 30):
+    """An httpx client for the Prefect server's REST API that retries 429 / 502 / 503 with a
+    growing pause, as Prefect's own client does: the server answers 503 while its SQLite
+    database is busy (seen in CI on create_flow_run while a worker and a flow run wrote)."""
+    import httpx
+
+    class Retrying(httpx.Client):
+        def send(self, request, **kwargs):
+            for attempt in range(6):
+                response = super().send(request, **kwargs)
+                if response.status_code not in (429, 502, 503) or attempt == 5:
+                    return response
+                response.close()
+                time.sleep(min(2.0 * (attempt + 1), 10.0))
+            return response
+
+    return Retrying(base_url=base_url, timeout=timeout)

@@ -13,11 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
-from conftest import REPO, stop_process
+from conftest import REPO, prefect_api, stop_process
 
 POOL = "vetset-pool"  # the work pool prefect.yaml names
 
@@ -65,7 +64,7 @@ def test_scheduled_audit_fires_curate_then_train_on_a_work_pool_and_a_clean_audi
     from trainers.train import resolve_training, train_defended
 
     data = _digits_split(tmp_path)
-    api = httpx.Client(base_url=prefect_server, timeout=30)
+    api = prefect_api(prefect_server)  # retries the server's 503 (database busy)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_API_URL=prefect_server, PREFECT_HOME=str(tmp_path / "home"), VETSET_HOME=str(REPO),
                VETSET_CACHE_DIR=str(tmp_path / "cache"),
