@@ -11,8 +11,8 @@ crop: what the backdoor evidence is calibrated on) is too weak a judge of labels
 2026-12-06 (6,000-row CIFAR-10 slices, 10% noise, seed 0, small CNN, one thread), best
 threshold on 1 - p(label) chosen with the truth, TPR at 2% FPR (AUROC): shared model 0.54
 (0.934) / 0.08 (0.782) / 0.10 (0.774) for symmetric / pair-flip / instance-dependent noise;
-augmented 0.60 (0.952) / 0.11 (0.820) / 0.17 (0.826), at 64 s against 134 s of training
-(docs/benchmarks.md, "What a stronger label model buys").
+augmented 0.60 (0.952) / 0.11 (0.820) / 0.17 (0.826), for 134 s of training against the
+shared model's 64 s (docs/benchmarks.md, "What a stronger label model buys").
 
 Probabilities (``folds``): "auto" takes the reading model's own (in-sample, eval-mode)
 probabilities on the CPU, where that model has not memorised the wrong labels, and
