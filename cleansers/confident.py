@@ -153,7 +153,7 @@ class ConfidentLearning(Detector):
             return 5 if is_cuda(resolve_device(ctx.device)) else 0
         folds = int(folds)
         if folds == 1 or folds < 0:
-            raise ValueError("confident: folds must be 0 (the shared model) or >= 2")
+            raise ValueError("confident: folds must be 0 (the reading model's probabilities) or >= 2")
         return folds
 
     def reading_spec(self, n: int, ctx: AuditContext) -> tuple[ModelSpec, str]:
