@@ -94,7 +94,15 @@ class VerdictConfig:
     evidence (``feature_split``): SIG's target 12-17 on the CIFAR-10 matrix, clean CIFAR-10
     classes at most 3.2, but clean digits' class 1 (two ways of writing it) 1.5-7.6 over 4
     seeds, so the bar sits above that; it names a class only with a second signal (SIG 5% to
-    "cat": early tail 0.25, under its strong bar, plus this). 0 turns it off."""
+    "cat": early tail 0.25, under its strong bar, plus this). 0 turns it off.
+    ``whole_class_below``: a named class at most this share of whose rows (0.05) sit at or
+    below the other classes' median on the weakest of the training-dynamics views (how early,
+    how surely, the margin, the middle epochs) is injected through and through: every readable
+    row of it is flagged (a clean-label attack on all of the class's images: SIG at 10% of a
+    class-balanced set poisons the whole target class, as BackdoorBench's pratio does). Saved
+    6,000-row CIFAR-10 cells: SIG 10%'s target 0.7-1.8% of its rows at or below, every other
+    class of 40 cells (clean, noisy, 5% attack targets, the 50,000-row clean set) at least 28%
+    (:func:`whole_class_share`). 0 turns it off."""
 
     size_ratio: float = 1.2
     size_z: float = 3.0
@@ -119,6 +127,7 @@ class VerdictConfig:
     cluster_start: str = "auto"
     orient_margin: float = 0.1
     size_veto: bool = True
+    whole_class_below: float = 0.05
     # row-level fusion (cleansers/fusion.py): ``min_votes`` specialists without class
     # evidence must fire to flag a row; rankers count where ``agreement_votes`` detectors
     # fired (capped at the number that ran); ``needs_agreement`` None = the declared kinds,
@@ -288,8 +297,21 @@ def decide(ds: ImageDataset, results: list[DetectorResult], config: VerdictConfi
     calibrated = {r.name: np.nan_to_num(calibrate(r), nan=0.0) for r in results}
     gives_evidence = {r.name for r in results if r.info.get("class_evidence")}
     dyn = by_name.get("dynamics")
+    whole: set[int] = set()
     if dyn is not None and named:
         for k in named:
+            share = whole_class_share(ds, k, dyn)
+            if cfg.whole_class_below > 0 and share is not None and share <= cfg.whole_class_below:
+                rows = np.flatnonzero((ds.labels == k) & ~ds.unreadable)
+                backdoor[rows] = True
+                whole.add(k)
+                findings.append(f"class {names[k]}: only {share:.1%} of its rows sit at or below the other classes' "
+                                "median on every training-dynamics view (how early and how surely the model learned "
+                                f"them): the class is injected through and through, all {len(rows)} rows flagged "
+                                "(a clean-label attack on all of its images)")
+                for i in rows:
+                    reasons[i].append((calibrated["dynamics"][i], "dynamics"))
+                continue
             specialists = [r for r in results if r.name in gives_evidence and _vouches(r, k)]
             rows_k = (ds.labels == k) & ~ds.unreadable
             spec = np.zeros(n, dtype=bool)
@@ -369,7 +391,7 @@ def decide(ds: ImageDataset, results: list[DetectorResult], config: VerdictConfi
         for i in np.flatnonzero(hit):
             reasons[i].append((calibrated[r.name][i], r.name))
     if cfg.refine and dyn is not None and named:
-        _refine_named(ds, named, dyn, results, gives_evidence, sizes, signals, backdoor, reasons, calibrated,
+        _refine_named(ds, [k for k in named if k not in whole], dyn, results, gives_evidence, sizes, signals, backdoor, reasons, calibrated,
                       findings, cfg)
     for r in label_dets:
         for i in np.flatnonzero(r.flag):
@@ -686,6 +708,28 @@ def _early_tail_rows(ds: ImageDataset, k: int, dyn: DetectorResult, signals_k: l
         return out
     out[rows] = early[rows] > np.quantile(early[others], q)
     return out
+
+
+def whole_class_share(ds: ImageDataset, k: int, dyn: DetectorResult, min_rows: int = 20) -> float | None:
+    """The share of class ``k``'s readable rows at or below the other classes' median, on the
+    training-dynamics view where that share is largest (the weakest evidence of "all of it
+    learned early and surely"): None without the dynamics signals or with fewer than
+    ``min_rows`` rows on either side. A class as clean as the others sits near one half; a
+    class whose every image carries a trigger the model learned, near 0."""
+    sig = dyn.arrays.get("signals")
+    if sig is None or sig.ndim != 2:
+        return None
+    from .dynamics import SIGNALS
+
+    rows = (ds.labels == k) & ~ds.unreadable
+    others = (ds.labels != k) & ~ds.unreadable
+    if rows.sum() < min_rows or others.sum() < min_rows:
+        return None
+    shares = []
+    for name in ("early", "conf", "aum", "middle"):
+        v = np.nan_to_num(sig[:, SIGNALS.index(name)])
+        shares.append(float((v[rows] <= np.median(v[others])).mean()))
+    return max(shares)
 
 
 def _vouches(result: DetectorResult, k: int) -> bool:

@@ -469,6 +469,41 @@ def test_a_class_that_splits_far_more_cleanly_than_the_others_is_weak_evidence()
     assert not any(s.name == "feature_split" for s in verdict.classes[0].signals)
 
 
+def test_a_named_class_learned_early_and_surely_through_and_through_is_flagged_whole():
+    """A clean-label attack on every image of class 0 (SIG at 10% of a balanced set): all its
+    rows sit above the other classes' median on every training-dynamics view, so the whole
+    class is flagged, not the early tail or a part of a split; a named class with half of
+    its rows there (SIG at 5%) is split as before; nothing happens in an unnamed class."""
+    ds = _ds([200, 200, 200, 200, 200])
+    n = len(ds)
+    rng = np.random.default_rng(4)
+    signals = rng.normal(size=(n, 5))
+    signals[:200] = rng.normal(loc=3.0, size=(200, 5))  # class 0: every row learned early and surely
+    signals[:3, 1] = -1.0  # a few below the others' median on one view: 1.5% of the class
+    dyn = DetectorResult("dynamics", np.zeros(n), np.zeros(n, bool), None, {"class_evidence": [
+        {"class": 0, "signal": "early_tail", "value": 0.6, "threshold": 0.1, "strength": "strong", "detail": ""}]})
+    dyn.arrays["signals"] = signals
+    frame, verdict = fuse_and_decide(ds, [dyn])
+    assert verdict.backdoor_classes == ["c0"]
+    flagged = frame["is_backdoor"].to_numpy()
+    assert flagged[:200].all() and not flagged[200:].any()
+    assert any("through and through" in f for f in verdict.findings)
+    # switched off: the early-tail rows only (those above the other classes' 99th percentile)
+    frame, verdict = fuse_and_decide(ds, [dyn], FusionConfig(whole_class_below=0))
+    assert 0 < frame["is_backdoor"].to_numpy()[:200].sum() < 200
+    # half of the class above the others (SIG at 5%): not whole
+    half = signals.copy()
+    half[100:200] = rng.normal(size=(100, 5))
+    dyn.arrays["signals"] = half
+    frame, verdict = fuse_and_decide(ds, [dyn])
+    assert frame["is_backdoor"].to_numpy()[:200].sum() < 150
+    assert not any("through and through" in f for f in verdict.findings)
+    # a class like that which nothing named: not flagged
+    dyn.arrays["signals"] = signals
+    dyn.info["class_evidence"] = []
+    assert not fuse_and_decide(ds, [dyn])[0]["is_backdoor"].any()
+
+
 def test_the_report_summary_names_an_in_memory_dataset():
     from pipelines.report import summary_rows
 
