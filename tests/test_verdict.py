@@ -134,6 +134,32 @@ def test_strong_evidence_names_a_class_alone_and_only_named_classes_keep_agpd_fl
     assert alone["flagged"].sum() == 35
 
 
+def test_a_weak_vouchers_flags_are_not_added_where_another_specialist_vouched_strongly():
+    ds = _ds([100] * K)
+    n = len(ds)
+    patch = np.zeros(n, bool)
+    patch[:30] = True  # SentiNet: strong, exact
+    loose = np.zeros(n, bool)
+    loose[20:50] = True  # AGPD: weak, 20 rows beyond SentiNet's
+    sentinet = DetectorResult("sentinet", patch.astype(float), patch, None, {"class_evidence": _evidence(
+        {0: ("sentinet_rows", "strong", 30)}, "sentinet_rows")})
+    agpd = DetectorResult("agpd", loose.astype(float), loose, None, {"class_evidence": _evidence(
+        {0: ("agpd_z", "weak", 9.1)}, "agpd_z")})
+    dyn = _dynamics(ds, np.zeros(n))
+    frame, verdict = fuse_and_decide(ds, [agpd, sentinet, dyn])
+    assert verdict.backdoor_classes == ["c0"]
+    assert frame["is_backdoor"].to_numpy().nonzero()[0].tolist() == list(range(30))
+    # switched off: the union
+    frame = fuse_and_decide(ds, [agpd, sentinet, dyn], FusionConfig(strong_vouchers_only=False))[0]
+    assert frame["is_backdoor"].to_numpy().nonzero()[0].tolist() == list(range(50))
+    # a weak voucher with no strong one beside it keeps its flags (class 0 named by two weak signals)
+    weak_patch = DetectorResult("sentinet", patch.astype(float), patch, None, {"class_evidence": _evidence(
+        {0: ("sentinet_rows", "weak", 30)}, "sentinet_rows")})
+    frame, verdict = fuse_and_decide(ds, [agpd, weak_patch, dyn])
+    assert verdict.backdoor_classes == ["c0"]
+    assert frame["is_backdoor"].to_numpy().nonzero()[0].tolist() == list(range(50))
+
+
 def test_wrong_labels_concentrated_in_one_class_are_evidence_and_headline_counts_confusions():
     ds = _ds([300, 200, 190, 220, 210])
     flag = np.zeros(len(ds), bool)
