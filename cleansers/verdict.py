@@ -677,7 +677,8 @@ def _refine_named(ds, named, dyn, results, gives_evidence, sizes, signals, backd
             reasons[i].append((calibrated["dynamics"][i], "dynamics"))
         findings.append(f"class {ds.class_names[k]}: {int(start.sum())} rows picked, refined in the model's feature "
                         f"space along the direction that separates them from the rest ({iters} rounds): "
-                        f"{len(added)} added, {len(dropped)} dropped, {int(pick.sum())} flagged"
+                        f"{int(pick.sum())} flagged ({len(added)} of them not flagged before it, {len(dropped)} earlier flags "
+                        "dropped)"
                         + (f" ({int(keep.sum())} specialists' flags kept)" if keep.any() else ""))
 
 

@@ -292,7 +292,7 @@ def test_the_verdict_refines_a_named_class_pick_in_feature_space_and_grows_it_to
     frame, verdict = fuse_and_decide(ds, [dyn, spec])
     assert frame["is_backdoor"].to_numpy().nonzero()[0].tolist() == list(range(100, 200))
     assert set(frame.loc[100:139, "reasons"]) == {"dynamics"} and set(frame.loc[140:199, "reasons"]) == {"sentinet"}
-    assert any("refined in the model's feature space" in f and "40 added" in f for f in verdict.findings)
+    assert any("refined in the model's feature space" in f and "40 of them not flagged before it" in f for f in verdict.findings)
     # without the refinement: the specialist's 60 flags alone
     frame, _ = fuse_and_decide(ds, [dyn, spec], FusionConfig(refine=False))
     assert frame["is_backdoor"].sum() == 60
