@@ -31,7 +31,8 @@ class FTSAMConfig:
         check_steps("steps", self.steps)
 
 
-# CPU: 500 steps (published 1,000 steps of batch 256; ~0.55 s a step on the small CNN)
+# CPU: 500 steps (published 1,000 steps of batch 256; ~0.55 s a step on the small CNN at one thread,
+# ~0.33 s on preact_resnet_small at two: 164 s; 900 steps left BadNets / the patch at 12-13% ASR)
 @register("ftsam", FTSAMConfig, "fine-tuning with adaptive sharpness-aware minimisation", cpu={"steps": 500})
 def purify_ftsam(model, clean, cfg: FTSAMConfig, *, device, seed, log):
     images, labels = clean_arrays(clean)
