@@ -101,8 +101,8 @@ class VerdictConfig:
     row of it is flagged (a clean-label attack on all of the class's images: SIG at 10% of a
     class-balanced set poisons the whole target class, as BackdoorBench's pratio does). Saved
     6,000-row CIFAR-10 cells: SIG 10%'s target 0.7-1.8% of its rows at or below, every other
-    class of 40 cells (clean, noisy, 5% attack targets, the 50,000-row clean set) at least 28%
-    (:func:`whole_class_share`). 0 turns it off.
+    class of the 63 cells (clean, noisy, 5% and 10% attack targets) and of the 50,000-row clean
+    set at least 28% (:func:`whole_class_share`). 0 turns it off.
     ``strong_vouchers_only``: in a class a specialist vouched for strongly, the flags of one
     that vouched only weakly are not added (BadNets 10%, seed 1: SentiNet strong with 532
     flags, AGPD weak at z 9.1 on the small CNN added 158, 115 of them clean: F1 0.886 ->
@@ -317,7 +317,8 @@ def decide(ds: ImageDataset, results: list[DetectorResult], config: VerdictConfi
                 for i in rows:
                     reasons[i].append((calibrated["dynamics"][i], "dynamics"))
                 continue
-            specialists = [r for r in results if r.name in gives_evidence and _kept_voucher(r, k, results, gives_evidence, cfg)]
+            specialists = [r for r in results
+                           if r.name in gives_evidence and _kept_voucher(r, k, results, gives_evidence, cfg)]
             rows_k = (ds.labels == k) & ~ds.unreadable
             spec = np.zeros(n, dtype=bool)
             for r in specialists:
@@ -386,7 +387,8 @@ def decide(ds: ImageDataset, results: list[DetectorResult], config: VerdictConfi
             # in the named classes it gave evidence for (AGPD's rho fallback flagged the clean
             # half of a blended target it did not vouch for); everywhere when it is the
             # audit's only detector (the user asked for its decision)
-            vouched = np.isin(ds.labels, [k for k in named if _kept_voucher(r, k, results, gives_evidence, cfg)]) & ~ds.unreadable
+            kept = [k for k in named if _kept_voucher(r, k, results, gives_evidence, cfg)]
+            vouched = np.isin(ds.labels, kept) & ~ds.unreadable
             hit = r.flag & (vouched | (len(results) == 1))
             target = backdoor
         else:
@@ -396,8 +398,8 @@ def decide(ds: ImageDataset, results: list[DetectorResult], config: VerdictConfi
         for i in np.flatnonzero(hit):
             reasons[i].append((calibrated[r.name][i], r.name))
     if cfg.refine and dyn is not None and named:
-        _refine_named(ds, [k for k in named if k not in whole], dyn, results, gives_evidence, sizes, signals, backdoor, reasons, calibrated,
-                      findings, cfg)
+        _refine_named(ds, [k for k in named if k not in whole], dyn, results, gives_evidence, sizes, signals,
+                      backdoor, reasons, calibrated, findings, cfg)
     for r in label_dets:
         for i in np.flatnonzero(r.flag):
             reasons[i].append((calibrated[r.name][i], r.name))
@@ -677,8 +679,8 @@ def _refine_named(ds, named, dyn, results, gives_evidence, sizes, signals, backd
             reasons[i].append((calibrated["dynamics"][i], "dynamics"))
         findings.append(f"class {ds.class_names[k]}: {int(start.sum())} rows picked, refined in the model's feature "
                         f"space along the direction that separates them from the rest ({iters} rounds): "
-                        f"{int(pick.sum())} flagged ({len(added)} of them not flagged before it, {len(dropped)} earlier flags "
-                        "dropped)"
+                        f"{int(pick.sum())} flagged ({len(added)} of them not flagged before it, "
+                        f"{len(dropped)} earlier flags dropped)"
                         + (f" ({int(keep.sum())} specialists' flags kept)" if keep.any() else ""))
 
 
