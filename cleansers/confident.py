@@ -44,8 +44,8 @@ out-of-sample accuracy of 0.78, where published estimates of its real errors are
 With the bars and the augmented model, the default audit flagged 0.1-0.4% of clean
 6,000-row slices (3 seeds) and 0.85% of the full 50,000-row set; the cost is recall: on the
 same slices with 10% noise, 44-49% of symmetric, 2% of pair-flip and 4-5% of
-instance-dependent wrong labels at 1.6% / 0.2-0.4% / 0.3-0.4% clean-row FPR (a weak model cannot tell a cat labelled dog from a hard cat; with
-the shared model: 35%, 3%, 4%).
+instance-dependent wrong labels at 1.6% / 0.2-0.4% / 0.3-0.4% clean-row FPR (a weak model
+cannot tell a cat labelled dog from a hard cat; with the shared model: 35%, 3%, 4%).
 
 Score (higher = dirtier): the mean rank over rows of (1 - p(label)), -AUM and
 (1 - agreement): one ordering from the three views. Suggested label: the most probable
