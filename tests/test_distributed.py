@@ -67,7 +67,10 @@ def test_two_processes_end_with_identical_weights_equal_to_one_process_at_the_sa
 
 
 def _trainers(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainers", *args], cwd=tmp_path, env=_cpu_env(),
+    env = _cpu_env()
+    env["TMPDIR"] = str(tmp_path / "tmp")  # what the run leaves in the temp dir is checked
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "trainers", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -85,6 +88,10 @@ def test_python_m_trainers_train_in_two_processes_writes_one_model(tmp_path):
     assert metrics["n_train"] == 1797
     assert metrics["history"][-1]["acc"] > 0.5  # both processes' rows counted, and it learned
     load_model(out)
+    # no launcher litter left in the temp dir (torch elastic leaves a torchelastic_* folder per
+    # launch); torch's compile cache (torchinductor_<user>) is a cache and may stay
+    left = [p.name for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("torchinductor_")]
+    assert left == [], left
 
 
 @pytest.mark.parametrize("args, message", [

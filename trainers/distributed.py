@@ -19,6 +19,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -133,14 +134,30 @@ def launch(module_args: Sequence[str], processes: int, device: str = "auto",
         env["CUDA_VISIBLE_DEVICES"] = ""  # CPU processes: Gloo, no GPU picked up by accident
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     env["PYTHONUNBUFFERED"] = "1"
-    for attempt in range(2):
-        code, stderr_lines = _run_launcher(launch_command(module_args, processes), env, log)
-        if code == 0 or attempt or not any("address already in use" in line.lower() for line in stderr_lines):
-            break  # else the free port was taken between choosing it and binding it: once more
+    # torch elastic makes a log folder (torchelastic_*) in the temp dir per launch and leaves
+    # it there: the launcher gets a temp dir of its own, removed when it is done; torch's
+    # compile cache stays where it would have been, so later runs still find it
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor_{_user()}"))
+    with tempfile.TemporaryDirectory(prefix="vetset-launch-") as scratch:
+        env["TMPDIR"] = scratch
+        for attempt in range(2):
+            code, stderr_lines = _run_launcher(launch_command(module_args, processes), env, log)
+            if code == 0 or attempt or not any("address already in use" in line.lower() for line in stderr_lines):
+                break  # else the free port was taken between choosing it and binding it: once more
     if code != 0:
         errors = [line.rstrip("\n")[len("error: "):] for line in stderr_lines if line.startswith("error: ")]
         reason = errors[0] if errors else f"the launcher exited with code {code}"
         raise VetsetError(f"training in {processes} processes failed: {reason}")
+
+
+def _user() -> str:
+    """The user name torch puts in its default compile-cache folder's name."""
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001  (no user name in this environment)
+        return "unknown"
 
 
 def _run_launcher(command: list[str], env: dict, log: Callable[[str], Any] | None) -> tuple[int, list[str]]:
