@@ -41,7 +41,8 @@ def test_two_processes_end_with_identical_weights_equal_to_one_process_at_the_sa
             [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
              "--main_process_port", str(free_port()), str(WORKER), str(tmp_path / "two")],
-            env=_cpu_env(), capture_output=True, text=True, timeout=300)
+            env=dict(_cpu_env(), TMPDIR=str(tmp_path)),  # torch elastic's log folder lands in tmp_path
+            capture_output=True, text=True, timeout=300)
         err = launched.stderr
         if launched.returncode == 0 or not ("address already in use" in err.lower() or "SIGABRT" in err):
             break
