@@ -744,7 +744,8 @@ def whole_class_share(ds: ImageDataset, k: int, dyn: DetectorResult, min_rows: i
 def _strength(result: DetectorResult, k: int) -> str:
     """The strongest evidence ``result`` gave for class ``k`` ("none", "weak", "strong")."""
     found = [e.get("strength", "none") for e in result.info.get("class_evidence", []) or [] if int(e["class"]) == k]
-    return max(found, key=STRENGTHS.index, default="none")
+    # a strength this module does not know counts as evidence, at the weak level
+    return max((v if v in STRENGTHS else "weak" for v in found), key=STRENGTHS.index, default="none")
 
 
 def _kept_voucher(result: DetectorResult, k: int, results: list[DetectorResult], gives_evidence: set,
@@ -761,8 +762,7 @@ def _kept_voucher(result: DetectorResult, k: int, results: list[DetectorResult],
 
 def _vouches(result: DetectorResult, k: int) -> bool:
     """Whether ``result`` gave (weak or strong) evidence that class ``k`` holds injected rows."""
-    return any(int(e["class"]) == k and e.get("strength", "none") != "none"
-               for e in result.info.get("class_evidence", []) or [])
+    return _strength(result, k) != "none"
 
 
 def _injected_posterior(ds: ImageDataset, k: int, dyn: DetectorResult, specialists: list[DetectorResult],
