@@ -327,3 +327,46 @@ def test_the_cpu_profile_fills_what_the_user_left_and_never_overrides_a_length_t
     assert profile_options("ft", {"epochs": 2}, "cpu") == {"epochs": 2}  # no CPU schedule: published
     with pytest.raises(VetsetError, match="has no option"):
         make_config("tsbd", {"nope": 1}, "cpu")
+
+
+def test_npd_polarizer_in_front_of_a_whole_residual_block_filters_its_shortcut_too(tiny, tmp_path):
+    """``layer`` may name a module that is not a convolution (here the residual net's last
+    block, whose 1x1 shortcut would otherwise bypass the polarizer): the channels come from
+    the features it reads, the polarizer starts as the identity, it trains, and the saved
+    model rebuilds it."""
+    from trainers import build_model
+    from trainers.purify import purify
+    from trainers.purify.layers import polarizer_of
+    from trainers.saved import load_model, save_model
+
+    _, clean = tiny
+    model = build_model("preact_resnet_small", 10, (32, 32), seed=0, width=4).eval()
+    x = torch.from_numpy(clean.images[:16]).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        before = model(x)
+    same, info = purify("npd", copy.deepcopy(model), clean, {"layer": "net.layer4.0", "warmup_epochs": 0,
+                                                              "epochs": 0}, device="cpu")
+    pol = polarizer_of(same, "net.layer4.0")
+    assert pol.conv.in_channels == 16  # width 4: the last block reads 4w channels
+    with torch.no_grad():
+        assert torch.allclose(same(x), before, atol=1e-4)
+    trained, info = purify("npd", copy.deepcopy(model), clean, {"layer": "net.layer4.0", "warmup_epochs": 0,
+                                                                 "epochs": 1, "batch_size": 20}, device="cpu")
+    assert info["polarizer_at"] == "net.layer4.0"
+    assert not torch.allclose(polarizer_of(trained, "net.layer4.0").conv.weight, pol.conv.weight)
+    save_model(trained, tmp_path, arch="preact_resnet_small", num_classes=10, class_names=None,
+               input_size=(32, 32), mean=(0.5,) * 3, std=(0.25,) * 3, arch_kwargs={"width": 4},
+               modifications=info["modifications"])
+    with torch.no_grad():
+        assert torch.allclose(load_model(tmp_path).eval()(x), trained.eval()(x), atol=1e-5)
+
+
+def test_npd_rejects_a_layer_that_is_not_there_or_reads_no_feature_map(tiny):
+    from pipelines.errors import VetsetError
+    from trainers.purify import purify
+
+    model, clean = tiny
+    for layer, msg in [("net.nope", "has no module 'net.nope'"), ("net.head", "does not read a feature map")]:
+        with pytest.raises(VetsetError, match=msg):
+            purify("npd", copy.deepcopy(model), clean, {"layer": layer, "warmup_epochs": 0, "epochs": 0},
+                   device="cpu")

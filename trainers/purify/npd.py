@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pipelines.errors import VetsetError
+
 from ..loop import TrainHooks, fit
 from .base import register
 from .common import budget_epochs, check_steps, clean_arrays, eval_mode, fine_tune_config, logits_of, schedule_info
@@ -24,7 +26,8 @@ from .layers import default_polarizer_path, insert_polarizer, polarizer_of
 @dataclass
 class NPDConfig:
     """specs/defenses.md: insert before ``layer4.1.conv1`` (``layer``: None = that, or the
-    last 3x3 conv for other nets); 5 warm-up epochs of CE at lr 1e-4, then 50 epochs SGD lr
+    last 3x3 conv for other nets; any module that reads a feature map can be named, e.g. a
+    whole residual block, whose shortcut then reads the filtered features too); 5 warm-up epochs of CE at lr 1e-4, then 50 epochs SGD lr
     0.01, cosine, batch 128; per batch a targeted L2 attack (radius 3.0, 2 steps) toward the
     most likely wrong class; loss = CE(x, y) + 0.4 CE(x_adv, clean prediction)
     + 0.4 [-log(1 - p_adv(top wrong))] + 0.4 [-log(1 - p_adv(attack target))].
@@ -79,6 +82,32 @@ def targeted_attack(m, x: torch.Tensor, target: torch.Tensor, cfg: NPDConfig) ->
 
 
 @torch.no_grad()
+def input_channels(model, path: str, images, device) -> int:
+    """The channel count of what module ``path`` receives: a convolution's ``in_channels``,
+    else read from one forward pass (a residual block, a pooling layer: the polarizer then
+    filters everything the module reads, its shortcut included)."""
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        raise VetsetError(f"NPD: the model has no module {path!r}") from None
+    channels = getattr(module, "in_channels", None)
+    if channels is not None:
+        return int(channels)
+    seen: list = []
+    handle = module.register_forward_pre_hook(lambda _m, inp: seen.append(tuple(inp[0].shape)))
+    try:
+        with eval_mode(model):
+            model.to(device)
+            model(torch.from_numpy(images[:2]).to(device).permute(0, 3, 1, 2).float() / 255)
+    finally:
+        handle.remove()
+    if not seen or len(seen[0]) != 4:
+        raise VetsetError(f"NPD: {path!r} does not read a feature map (shape {seen[0] if seen else None}); "
+                          "name a convolution or a block")
+    return int(seen[0][1])
+
+
+@torch.no_grad()
 def _init_identity(model, path: str, images, device, batch: int = 256) -> None:
     """Set the polarizer's BN to the clean inputs' channel statistics so the block is the
     identity at the start (in train and eval mode alike)."""
@@ -111,10 +140,7 @@ def _init_identity(model, path: str, images, device, batch: int = 256) -> None:
 def purify_npd(model, clean, cfg: NPDConfig, *, device, seed, log):
     images, labels = clean_arrays(clean)
     path = cfg.layer or default_polarizer_path(model)
-    conv = model.get_submodule(path)
-    channels = getattr(conv, "in_channels", None)
-    if channels is None:
-        raise ValueError(f"NPD: {path} is not a convolution")
+    channels = input_channels(model, path, images, device)
     insert_polarizer(model, path, channels)
     model.to(device)
     _init_identity(model, path, images, device)
