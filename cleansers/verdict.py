@@ -106,7 +106,15 @@ class VerdictConfig:
     ``strong_vouchers_only``: in a class a specialist vouched for strongly, the flags of one
     that vouched only weakly are not added (BadNets 10%, seed 1: SentiNet strong with 532
     flags, AGPD weak at z 9.1 on the small CNN added 158, 115 of them clean: F1 0.886 ->
-    0.949; no other of the 63 saved cells changed); a weak voucher alone still keeps its flags."""
+    0.949; no other of the 63 saved cells changed); a weak voucher alone still keeps its flags.
+    ``distrust_below``: the specialists' flags in a named class are dropped as pointing the
+    wrong way only when fewer than this share of them lie in the part of the class's
+    feature-space split that the second-choice spread calls injected (a contradiction: AGPD's
+    inverted reference on a half-learned photo blend put 1% there); a split that cuts across
+    the flags (a held-out BadNets 5% cell, target horse: 44% of SentiNet's 254 flags, all in
+    one 8x8 window, FPR 0) says nothing about them, and they are kept (F1 0.49 -> 0.94). The
+    saved cells' shares: 0.01 where the flags were wrong, 0.44-1.0 where they were right; no
+    cell of the 63-cell matrix changed."""
 
     size_ratio: float = 1.2
     size_z: float = 3.0
@@ -133,6 +141,7 @@ class VerdictConfig:
     size_veto: bool = True
     whole_class_below: float = 0.05
     strong_vouchers_only: bool = True
+    distrust_below: float = 0.25
     # row-level fusion (cleansers/fusion.py): ``min_votes`` specialists without class
     # evidence must fire to flag a row; rankers count where ``agreement_votes`` detectors
     # fired (capped at the number that ran); ``needs_agreement`` None = the declared kinds,
@@ -637,7 +646,8 @@ def _refine_named(ds, named, dyn, results, gives_evidence, sizes, signals, backd
             part, why, basis = cluster_pick(pcs[rows], None if second is None else second[rows], ds.num_classes,
                                             excess, cfg.orient_margin, keep, cfg.refine_min_rows,
                                             cfg.size_veto)
-            if basis == "spread" and keep.sum() >= cfg.refine_min_rows and (keep & part).sum() < 0.5 * keep.sum():
+            if (basis == "spread" and keep.sum() >= cfg.refine_min_rows
+                    and (keep & part).sum() < cfg.distrust_below * keep.sum()):
                 # the specialists' flags sit in the part the spread calls clean (AGPD's
                 # reference inverted on a blend the model half learned): not kept
                 distrusted = keepers

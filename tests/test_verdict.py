@@ -436,6 +436,16 @@ def test_specialist_flags_in_the_part_that_looks_like_the_class_are_not_kept():
     frame, verdict = fuse_and_decide(ds, [dyn, agpd])
     assert frame.loc[140:199, "is_backdoor"].all() and frame["is_backdoor"].sum() == 100
     assert not any("lie mostly" in f for f in verdict.findings)
+    # a split that cuts across the flags (27 of 60 in its injected part: 45%) does not
+    # contradict them: they are kept (below ``distrust_below``, 25%, they would not be)
+    flag = np.zeros(n, bool)
+    flag[67:127] = True
+    agpd = DetectorResult("agpd", flag.astype(float), flag, None,
+                          {"class_evidence": _evidence({0: ("", "weak", 8.0)}, "agpd_z")})
+    frame, verdict = fuse_and_decide(ds, [dyn, agpd])
+    assert frame.loc[67:126, "is_backdoor"].all() and not any("lie mostly" in f for f in verdict.findings)
+    frame, verdict = fuse_and_decide(ds, [dyn, agpd], FusionConfig(distrust_below=0.5))
+    assert not frame.loc[67:99, "is_backdoor"].any() and any("lie mostly" in f for f in verdict.findings)
 
 
 def test_second_choice_is_the_best_class_other_than_the_label():
