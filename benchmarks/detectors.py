@@ -56,6 +56,7 @@ SCENARIOS: dict[str, tuple] = {
     "blended-photo": ("blended", {"key": "skimage:chelsea", "alpha": 0.2}, None),
     "blended-photo2": ("blended", {"key": "skimage:astronaut", "alpha": 0.2}, None),
     "blended-photo3": ("blended", {"key": "skimage:coffee", "alpha": 0.2}, None),
+    "blended-photo4": ("blended", {"key": "skimage:rocket", "alpha": 0.2}, None),  # third held-out key
     "blended-noise": ("blended", {"key_cells": 0, "alpha": 0.1}, None),
     "sig": ("sig", {}, None),
     "wanet": ("wanet", {}, None),
