@@ -370,3 +370,36 @@ def test_npd_rejects_a_layer_that_is_not_there_or_reads_no_feature_map(tiny):
         with pytest.raises(VetsetError, match=msg):
             purify("npd", copy.deepcopy(model), clean, {"layer": layer, "warmup_epochs": 0, "epochs": 0},
                    device="cpu")
+
+
+def test_npd_target_option_aims_every_attack_at_that_class(tiny, monkeypatch):
+    """``target`` (an index or a class name): every row not of that class is attacked toward
+    it, the rows of that class toward their most likely wrong class; None = the per-row
+    target (the authors' code); a class the clean set lacks is a one-line error."""
+    from pipelines.errors import VetsetError
+    from trainers.purify import npd, purify
+
+    model, clean = tiny
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real = npd.targeted_attack
+
+    def spy(m, x, target, cfg):
+        seen.append((target.clone(), x))
+        return real(m, x, target, cfg)
+
+    monkeypatch.setattr(npd, "targeted_attack", spy)
+    labels = torch.from_numpy(clean.labels)
+    opts = {"warmup_epochs": 0, "epochs": 1, "batch_size": 60, "augment": False}
+    _, info = purify("npd", copy.deepcopy(model), clean, {**opts, "target": clean.class_names[3]}, device="cpu")
+    target = seen[-1][0]
+    assert info["attack_target"] == clean.class_names[3]
+    # one batch of all 60 rows, shuffled: every row but the class's own is aimed at class 3
+    assert len(target) == 60 and int((target == 3).sum()) == int((labels != 3).sum())
+    _, info = purify("npd", copy.deepcopy(model), clean, {**opts, "target": 3}, device="cpu")
+    assert torch.equal(seen[-1][0], target)
+    _, info = purify("npd", copy.deepcopy(model), clean, opts, device="cpu")
+    assert info["attack_target"] == "each row's most likely wrong class"
+    assert int((seen[-1][0] == 3).sum()) < int((labels != 3).sum())
+    for bad, msg in [("zebra", "'zebra' is not a class"), (12, "12 is not a class index")]:
+        with pytest.raises(VetsetError, match=msg):
+            purify("npd", copy.deepcopy(model), clean, {**opts, "target": bad}, device="cpu")
