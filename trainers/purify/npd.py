@@ -29,8 +29,9 @@ class NPDConfig:
     last 3x3 conv for other nets; any module that reads a feature map can be named, e.g. a
     whole residual block, whose shortcut then reads the filtered features too); 5 warm-up
     epochs of CE at lr 1e-4, then 50 epochs SGD lr 0.01, cosine, batch 128; per batch a
-    targeted L2 attack (radius 3.0, 2 steps) toward the most likely wrong class; loss = CE(x, y) + 0.4 CE(x_adv, clean prediction)
-    + 0.4 [-log(1 - p_adv(top wrong))] + 0.4 [-log(1 - p_adv(attack target))].
+    targeted L2 attack (radius 3.0, 2 steps) toward the most likely wrong class; loss =
+    CE(x, y) + 0.4 CE(x_adv, clean prediction) + 0.4 [-log(1 - p_adv(top wrong))]
+    + 0.4 [-log(1 - p_adv(attack target))].
     The attack as in the authors' code (BackdoorBench's ``npd.py``): from zero, each step
     moves every pixel by ``attack_step`` (0.1) against the sign of the targeted CE's gradient,
     then projects onto the L2 ball of ``radius`` (a sign-shaped perturbation spread over the
