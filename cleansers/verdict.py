@@ -114,7 +114,14 @@ class VerdictConfig:
     the flags (a held-out BadNets 5% cell, target horse: 44% of SentiNet's 254 flags, all in
     one 8x8 window, FPR 0) says nothing about them, and they are kept (F1 0.49 -> 0.94). The
     saved cells' shares: 0.01 where the flags were wrong, 0.44-1.0 where they were right; no
-    cell of the 63-cell matrix changed."""
+    cell of the 63-cell matrix changed.
+    ``free_share``: in a named class with no excess over the median class (a clean-label
+    target: nothing says how many of its own images carry the trigger), the refinement's EM
+    fits the injected share too instead of holding it at the pick's size (:func:`refine_em`):
+    a held-out SIG 8% cell (80% of the target class poisoned, the early tail catching 314 of
+    480 with no clean row) went from F1 0.78 to 0.98; the SIG 5% cells moved by -0.2 to +0.5
+    points and no other saved cell changed (only clean-label targets are named without an
+    excess)."""
 
     size_ratio: float = 1.2
     size_z: float = 3.0
@@ -142,6 +149,7 @@ class VerdictConfig:
     whole_class_below: float = 0.05
     strong_vouchers_only: bool = True
     distrust_below: float = 0.25
+    free_share: bool = True
     # row-level fusion (cleansers/fusion.py): ``min_votes`` specialists without class
     # evidence must fire to flag a row; rankers count where ``agreement_votes`` detectors
     # fired (capped at the number that ran); ``needs_agreement`` None = the declared kinds,
@@ -463,7 +471,7 @@ def refine_in_features(x: np.ndarray, start: np.ndarray, count: int, keep: np.nd
 
 
 def refine_em(x: np.ndarray, start: np.ndarray, count: int, keep: np.ndarray | None = None,
-              iters: int = 100, ridge: float = 1e-3) -> tuple[np.ndarray, int]:
+              iters: int = 100, ridge: float = 1e-3, free: bool = False) -> tuple[np.ndarray, int]:
     """Two Gaussians with one shared covariance (the generative model behind Fisher's
     discriminant) in one class's feature coordinates ``x`` (n, d), fitted by EM with the
     injected share held at ``count / n``; rows in ``keep`` stay injected; the ``count`` rows
@@ -473,33 +481,39 @@ def refine_em(x: np.ndarray, start: np.ndarray, count: int, keep: np.ndarray | N
     pick whose fitted mixture is likeliest is kept (on 66 saved CIFAR-10 cells it chose the
     best of the three in every cell where they differed; each alone fell to 0.55-0.63
     precision somewhere). Soft responsibilities let a pick that is only 60-85% right move a
-    little at a time where a hard top-``count`` pick locks in. Returns (pick, EM iterations
-    of the chosen start)."""
+    little at a time where a hard top-``count`` pick locks in. ``free``: the injected share
+    is fitted too (EM's mixing weight, from ``count / n``), and the pick is every row more
+    likely injected than not: for a class whose injected count nothing gives (a clean-label
+    target, no excess over the median class). Returns (pick, EM iterations of the chosen
+    start)."""
     n, d = x.shape
     keep = np.zeros(n, dtype=bool) if keep is None else keep
     count = int(min(max(count, keep.sum(), 1), n - 1))
     hard, _ = refine_in_features(x, start, count, keep, 10, ridge)
     best = (-np.inf, start | keep, 0)
     for resp in (np.where(start | keep, 1.0, 0.0), np.where(start | keep, 0.7, 0.3), np.where(hard, 1.0, 0.0)):
-        pick, done = _em_pick(x, resp, count, keep, iters, ridge)
-        ll = _mixture_loglik(x, pick, count, ridge)
+        pick, done = _em_pick(x, resp, count, keep, iters, ridge, free)
+        ll = _mixture_loglik(x, pick, int(pick.sum()) if free else count, ridge)
         if ll > best[0] + 1e-9:
             best = (ll, pick, done)
     return best[1], best[2]
 
 
 def _em_pick(x: np.ndarray, resp: np.ndarray, count: int, keep: np.ndarray, iters: int,
-             ridge: float) -> tuple[np.ndarray, int]:
+             ridge: float, free: bool = False) -> tuple[np.ndarray, int]:
     n, d = x.shape
     prior = np.log(count / (n - count))
     resp = resp.copy()
     resp[keep] = 1.0
     w = np.zeros(d)
+    b = 0.0
     done = 0
     for done in range(1, iters + 1):
         w1, w0 = resp.sum(), (1.0 - resp).sum()
         if w1 < 2 or w0 < 2:
             break
+        if free:
+            prior = float(np.log(w1 / w0))
         m1 = resp @ x / w1
         m0 = (1.0 - resp) @ x / w0
         c1, c0 = x - m1, x - m0
@@ -514,9 +528,13 @@ def _em_pick(x: np.ndarray, resp: np.ndarray, count: int, keep: np.ndarray, iter
         if moved < 1e-6:
             break
     score = x @ w
+    if free and w.any():
+        pick = keep | (score + b >= 0.0)
+        if 2 <= pick.sum() <= n - 2:
+            return pick, done
     pick = keep.copy()
-    free = np.flatnonzero(~keep)
-    pick[free[np.argsort(-score[free], kind="stable")[:count - int(keep.sum())]]] = True
+    rest = np.flatnonzero(~keep)
+    pick[rest[np.argsort(-score[rest], kind="stable")[:count - int(keep.sum())]]] = True
     return pick, done
 
 
@@ -675,7 +693,10 @@ def _refine_named(ds, named, dyn, results, gives_evidence, sizes, signals, backd
             continue
         count = min(count, len(rows) - cfg.refine_min_rows)
         if cfg.refine_mode == "em":
-            pick, iters = refine_em(pcs[rows], start, count, keep, ridge=cfg.refine_ridge)
+            # no excess over the median class (a clean-label target): how many rows are
+            # injected is not known, so EM fits the share too
+            pick, iters = refine_em(pcs[rows], start, count, keep, ridge=cfg.refine_ridge,
+                                    free=cfg.free_share and excess == 0)
         else:
             pick, iters = refine_in_features(pcs[rows], start, count, keep, cfg.refine_iters, cfg.refine_ridge)
         added, dropped = rows[pick & ~before], rows[before & ~pick]

@@ -472,6 +472,51 @@ def test_refine_em_corrects_a_poor_pick_and_keeps_what_it_must():
     assert pick[:5].all() and pick.sum() == 105 and (pick & truth).sum() >= 95
 
 
+def test_refine_em_fits_the_injected_share_when_no_count_is_known():
+    """``free``: EM fits the mixing weight too and picks every row more likely injected than
+    not, so a pick that holds part of the injected rows grows to all of them (a clean-label
+    target with 80% of its rows poisoned, the early tail catching 60% of those); with the
+    share held at the pick's count it cannot."""
+    from cleansers.verdict import refine_em
+
+    x = _two_populations(100, 400, shift=5.0, seed=12)
+    truth = np.arange(500) >= 100
+    start = np.zeros(500, bool)
+    start[100:340] = True  # 240 of the 400 injected rows, no clean one
+    held, _ = refine_em(x, start, 240)
+    assert held.sum() == 240
+    grown, _ = refine_em(x, start, 240, free=True)
+    assert (grown & truth).sum() >= 390 and (grown & ~truth).sum() <= 5, (grown & truth).sum()
+    # one population: no second component to grow into, the pick stays near its start
+    flat = np.random.default_rng(13).normal(size=(500, 8))
+    assert refine_em(flat, start, 240, free=True)[0].sum() <= 500 - 2
+
+
+def test_a_clean_label_class_named_without_an_excess_has_its_injected_share_fitted():
+    """Class 0 holds no excess rows (clean-label), 160 of its 200 rows carry a trigger, and
+    its early-learning tail (strong) caught 100 of them: the refinement fits how many rows
+    are injected and flags the 160; ``free_share=False`` holds the pick at the tail's 100."""
+    ds = _ds([200, 200, 200, 200, 200])
+    n = len(ds)
+    rng = np.random.default_rng(14)
+    signals = rng.normal(size=(n, 5))
+    signals[100:200, 2] += 6.0  # the early tail: 100 injected rows learned far earlier than the rest
+    signals[:40, 1] = -3.0  # and the class is not injected through and through
+    pcs = rng.normal(size=(n, 8))
+    pcs[:200] = _two_populations(40, 160, shift=6.0, seed=15)
+    dyn = DetectorResult("dynamics", np.zeros(n), np.zeros(n, bool), None, {"class_evidence": [
+        {"class": 0, "signal": "early_tail", "value": 0.5, "threshold": 0.1, "strength": "strong", "detail": ""}]})
+    dyn.arrays.update(signals=signals, feature_pcs=pcs, posterior_confident=np.zeros(n))
+    # the class-split signal off: the pick to refine is the early tail's (as on the held-out
+    # SIG 8% cell, whose split z of 9.97 stayed under its bar)
+    frame, verdict = fuse_and_decide(ds, [dyn], FusionConfig(split_z=0))
+    assert verdict.backdoor_classes == ["c0"]
+    flagged = frame["is_backdoor"].to_numpy()
+    assert flagged[40:200].sum() >= 155 and flagged[:40].sum() <= 3 and not flagged[200:].any(), flagged[:200].sum()
+    held = fuse_and_decide(ds, [dyn], FusionConfig(split_z=0, free_share=False))[0]["is_backdoor"].to_numpy()
+    assert 95 <= held[:200].sum() <= 105, held[:200].sum()  # the tail: its 100 rows and a stray one
+
+
 def test_a_class_that_splits_far_more_cleanly_than_the_others_is_weak_evidence():
     """A clean-label target (SIG poisons half of class 0's own images; no excess rows): its
     feature coordinates hold two populations, every other class one. With the early-learning
