@@ -41,8 +41,8 @@ from pipelines.loaders import load_dataset  # noqa: E402
 from pipelines.simulate import SimulationSpec, simulate  # noqa: E402
 from trainers import build_model, evaluate, fit, preset, resolve_device  # noqa: E402
 from trainers.purify import PURIFIERS, purify  # noqa: E402
-from trainers.purify.base import profile_options  # noqa: E402
-from trainers.purify.run import balanced_subset, strip_rates  # noqa: E402
+from trainers.purify.base import make_config, profile_options  # noqa: E402
+from trainers.purify.run import balanced_subset, resolve_estimated_target, strip_rates  # noqa: E402
 from trainers.train import channel_stats  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -257,8 +257,12 @@ def main() -> None:
                                           training_rows=None if args.no_training_rows else row_digests(sim.dataset.images),
                                           profile=profile)
             else:
-                purified, info = purify(method, copy.deepcopy(model), clean, dict(options), device=device,
-                                        seed=args.seed)
+                # NPD's CPU profile aims its attack at the class the residual estimate names,
+                # as `vetset purify` does (without --residual: each row's most likely wrong class)
+                mcfg, target_note = resolve_estimated_target(make_config(method, dict(options)), res_before)
+                if target_note:
+                    print(f"[{attack}] {method}: {target_note}", flush=True)
+                purified, info = purify(method, copy.deepcopy(model), clean, mcfg, device=device, seed=args.seed)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0

@@ -26,7 +26,7 @@ def purify_task(params: PurifyParams) -> dict:
                            allow_missing_classes=params.allow_missing_classes, holdout=params.holdout,
                            max_ca_drop=params.max_ca_drop, force=params.force,
                            residual=(ResidualConfig(rows=params.residual_rows, steps_per_class=params.residual_steps)
-                                     if params.residual else False))
+                                     if params.residual else False), audit=params.audit)
 
 
 @flow(name="purify", log_prints=True)

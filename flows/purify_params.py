@@ -32,6 +32,8 @@ class PurifyParams(BaseModel):
     residual: bool = Field(True, description="trigger-free residual-backdoor estimate before and after")
     residual_rows: int = Field(200, ge=10, description="clean rows the residual estimate reverses triggers on")
     residual_steps: int = Field(300, ge=1, description="Adam steps per class of the residual estimate's reversal")
+    audit: str | None = Field(None, description="an audit run folder (or its verdict.json) of the model's training data: "
+                                                "the class it named is the backdoor's target for NPD's attack")
 
     @model_validator(mode="after")
     def _one_source(self) -> "PurifyParams":

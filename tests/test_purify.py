@@ -189,6 +189,72 @@ def test_residual_estimate_reads_the_backdoor_before_and_after_and_auto_stops_on
     assert "trigger reversed from the input model" in stays["residual"]["warning"]
 
 
+def test_npd_on_the_cpu_profile_aims_at_the_class_the_residual_estimate_names(digits_setup):
+    """NPD's CPU profile takes ``target="estimate"``: the residual estimate of the input model
+    (run before purifying anyway) names the BadNets target here (class 0, as in the auto test
+    above), and every row's attack is aimed at it; metrics record where the target came from.
+    Without the estimate (``residual=False``) the attack goes back to each row's most likely
+    wrong class, and says why."""
+    from trainers.purify.residual import ResidualConfig
+    from trainers.purify.base import make_config
+    from trainers.purify.run import audit_target, purify_and_save, report_markdown, resolve_estimated_target
+
+    rc = ResidualConfig(rows=40, steps_per_class=120, batch_size=10)
+    opts = {"warmup_steps": 0, "steps": 40, "batch_size": 25}
+    m = purify_and_save(clean=digits_setup["clean"], method="npd", out=None, model_dir=digits_setup["model_dir"],
+                        test=digits_setup["test"], trigger=digits_setup["trigger"], options=opts, device="cpu",
+                        log=None, residual=rc, profile="cpu", max_ca_drop=0.25)
+    p = m["purification"]
+    assert m["residual"]["before"]["evidence"] and m["residual"]["before"]["class"] == 0, m["residual"]["before"]
+    assert p["config"]["target"] == 0 and p["attack_target"] == digits_setup["clean"].class_names[0], p
+    assert "the residual estimate of the input model names" in p["target_source"], p["target_source"]
+    assert f"- npd: {p['target_source']}" in report_markdown(m)
+    print(f"npd (target from the estimate, 40 steps): ASR {m['before']['asr']:.3f} -> {m['asr']:.3f}, "
+          f"CA {m['before']['clean_acc']:.3f} -> {m['clean_acc']:.3f}")
+    assert m["asr"] < 0.5 * m["before"]["asr"], (m["before"], m["asr"])
+    off = purify_and_save(clean=digits_setup["clean"], method="npd", out=None, model_dir=digits_setup["model_dir"],
+                          options={**opts, "steps": 1}, device="cpu", log=None, residual=False, profile="cpu",
+                          max_ca_drop=1.0)
+    assert off["purification"]["config"]["target"] is None, off["purification"]["config"]
+    assert "each row's most likely wrong class" in off["purification"]["target_source"]
+    assert "not run" in off["purification"]["target_source"]
+    # an audit of the training data that named one class comes first (here a class other than
+    # the estimate's, to tell them apart); a verdict that is missing or names a class the model
+    # does not have is a one-line error before any work
+    from pipelines.errors import VetsetError
+    from pipelines.verdict import AuditVerdict, write_verdict
+
+    names = digits_setup["clean"].class_names
+    run = digits_setup["tmp"] / "audit-run"
+    run.mkdir(exist_ok=True)
+
+    def verdict(classes):
+        write_verdict(AuditVerdict(status="dirt_found" if classes else "clean", headline="", confidence="high",
+                                   rows=100, flagged=0, suspected_poisoned=0, suspected_mislabelled=0, unreadable=0,
+                                   backdoor_classes=classes), run / "verdict.json")
+
+    verdict([names[3]])
+    named = purify_and_save(clean=digits_setup["clean"], method="npd", out=None, model_dir=digits_setup["model_dir"],
+                            options={**opts, "steps": 1}, device="cpu", log=None, residual=False, profile="cpu",
+                            max_ca_drop=1.0, audit=run)
+    assert named["purification"]["config"]["target"] == 3, named["purification"]["config"]
+    assert f"the audit named as holding injected rows ({names[3]})" in named["purification"]["target_source"]
+    verdict([])
+    assert "the audit named no class" in resolve_estimated_target(make_config("npd", {}, "cpu"), None,
+                                                                  audit_target(run, names))[1]
+    verdict(["zebra"])
+    with pytest.raises(VetsetError, match="named class\\(es\\) zebra, which the clean set does not have"):
+        purify_and_save(clean=digits_setup["clean"], method="npd", out=None, model_dir=digits_setup["model_dir"],
+                        options=opts, device="cpu", log=None, residual=False, profile="cpu", audit=run)
+    with pytest.raises(VetsetError, match="no such verdict file"):
+        audit_target(digits_setup["tmp"] / "no-audit-here", names)
+    # the published profile keeps the authors' per-row target; a class the user gives is kept
+    for cfg in (make_config("npd", {}), make_config("npd", {"target": 3}, "cpu")):
+        assert resolve_estimated_target(cfg, {"evidence": True, "class": 0}) == (cfg, None)
+    none_found = resolve_estimated_target(make_config("npd", {}, "cpu"), {"evidence": False, "class": None})
+    assert none_found[0].target is None and "no patch-like backdoor found" in none_found[1]
+
+
 def test_auto_options_are_checked_before_any_work(digits_setup):
     from pipelines.errors import VetsetError
     from trainers.purify.run import auto_config, purify_and_save
@@ -280,6 +346,8 @@ def test_purify_flow_writes_metrics_and_rejects_bad_input(prefect_harness, digit
         (["--arch", "preact_resnet18", "--state-dict", str(sd), "--clean", str(clean), "--method", "ft"],
          "does not fit preact_resnet18"),
         (["--model", str(digits_setup["model_dir"]), "--clean", str(empty), "--method", "ft"], ""),
+        (["--model", str(digits_setup["model_dir"]), "--clean", str(clean), "--method", "npd",
+          "--audit", str(tmp_path / "no-run")], "no such verdict file"),
     ]
     for argv, message in cases:
         capsys.readouterr()

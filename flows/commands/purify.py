@@ -28,6 +28,10 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="the methods' schedules: published (the papers' GPU defaults), cpu (optimizer steps that fit "
                         "~5 minutes on 2 cores for 500 clean rows), auto (cpu on a CPU device); --set overrides either")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--audit", metavar="RUN_DIR",
+                   help="`vetset audit`'s run folder (or its verdict.json) for the data the model was trained on: the "
+                        "class it named is the backdoor's target that NPD's attack aims at (on the CPU profile; "
+                        "else the residual estimate's class)")
     p.add_argument("--out", required=True, help="model directory to write")
     g = p.add_argument_group("checks")
     g.add_argument("--min-rows-per-class", type=int, default=5, help="least readable clean rows of each class (5)")
@@ -74,7 +78,7 @@ def cmd_purify(args: argparse.Namespace) -> int:
                           min_rows_per_class=args.min_rows_per_class, allow_missing_classes=args.allow_missing_classes,
                           holdout=args.holdout, max_ca_drop=args.max_ca_drop, force=args.force,
                           residual=not args.no_residual, residual_rows=args.residual_rows,
-                          residual_steps=args.residual_steps)
+                          residual_steps=args.residual_steps, audit=args.audit)
     if params.method == "auto":
         from trainers.purify.run import auto_config
 
@@ -103,6 +107,9 @@ def cmd_purify(args: argparse.Namespace) -> int:
     check_clean_set(balanced_subset(clean, params.n_clean, params.seed) if params.n_clean else clean,
                     int(meta["num_classes"]), min_rows_per_class=params.min_rows_per_class,
                     allow_missing_classes=params.allow_missing_classes)
+    from trainers.purify.run import audit_target
+
+    audit_target(params.audit, meta["class_names"] or clean.class_names)  # a bad verdict fails here, not mid-run
     del model
     logging_quiet.install()
     metrics = purify_flow(params)

@@ -326,7 +326,8 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
                     n_clean: int | None = None, device: Any = "auto", seed: int = 0,
                     log: Callable[[str], Any] | None = print, min_rows_per_class: int = 5,
                     allow_missing_classes: bool = False, holdout: float = 0.1, max_ca_drop: float = 0.10,
-                    force: bool = False, residual: bool | ResidualConfig = True, profile: str = "auto") -> dict:
+                    force: bool = False, residual: bool | ResidualConfig = True, profile: str = "auto",
+                    audit: str | os.PathLike | None = None) -> dict:
     """Validate everything, purify, evaluate before/after (CA; ASR, RA, DER with a trigger),
     save the model directory (``out``; skipped when None) with metrics.json and report.md.
 
@@ -346,7 +347,12 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
 
     ``residual`` (on by default; a :class:`ResidualConfig` to change it, False to skip):
     the trigger-free residual-backdoor estimate (purify/residual.py) on the model before and
-    after, in ``metrics["residual"]`` with a warning when the evidence remains."""
+    after, in ``metrics["residual"]`` with a warning when the evidence remains.
+
+    ``audit``: an audit's run folder (or its verdict.json) of the data the model was trained
+    on; the one class it named as holding injected rows is the backdoor's target for a method
+    that aims at one (NPD's CPU profile, ``target="estimate"``), before the residual
+    estimate's class."""
     profile = resolve_profile(profile, device)
     if method == AUTO:
         cfg = auto_config(options)
@@ -375,6 +381,7 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
         clean = balanced_subset(clean, int(n_clean), seed)
     check_clean_set(clean, int(meta["num_classes"]), min_rows_per_class=min_rows_per_class,
                     allow_missing_classes=allow_missing_classes)
+    named = audit_target(audit, meta["class_names"] or clean.class_names)
     if not 0 <= holdout < 1:
         raise VetsetError("holdout must be in [0, 1)")
     training_rows = read_training_rows(model_dir) if model_dir is not None else None
@@ -400,10 +407,16 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
         log(f"residual estimate before {method}: backdoor evidence {describe(res_before)}")
     if method == AUTO:
         purified, info = purify_auto(model, clean, cfg, check=check, res_before=res_before, res_cfg=res_cfg,
-                                     max_ca_drop=max_ca_drop, device=device, seed=seed, log=log, profile=profile)
+                                     max_ca_drop=max_ca_drop, device=device, seed=seed, log=log, profile=profile,
+                                     audit=named)
     else:
+        cfg, target_note = resolve_estimated_target(cfg, res_before, named)
+        if target_note and log:
+            log(f"{method}: {target_note}")
         purified, info = purify(method, model, clean, cfg, device=device, seed=seed,
                                 log=(lambda m: log(m)) if log else None)
+        if target_note:
+            info["target_source"] = target_note
     res_after = info.pop("residual_after", None)
     if check is not None:
         m = check.measure(purified, device, max_ca_drop)
@@ -463,6 +476,59 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
 AUTO = "auto"
 
 
+def audit_target(audit: str | os.PathLike | None, class_names) -> tuple[int | None, str | None]:
+    """The backdoor's target class an audit named (``audit``: its run folder or its
+    verdict.json), as an index into ``class_names``, with one line saying so; (None, why)
+    when it named no class or several; (None, None) without an audit. A missing or unreadable
+    verdict, or a class the model does not have, is a one-line error."""
+    from pipelines.verdict import VERDICT, read_verdict
+
+    if audit is None:
+        return None, None
+    path = Path(audit)
+    verdict = read_verdict(path / VERDICT if path.is_dir() else path)
+    names = [str(c) for c in class_names]
+    unknown = [c for c in verdict.backdoor_classes if str(c) not in names]
+    if unknown:
+        raise VetsetError(f"{audit}: the audit named class(es) {', '.join(map(str, unknown))}, which the clean set "
+                          f"does not have ({', '.join(names)})")
+    if len(verdict.backdoor_classes) == 1:
+        name = str(verdict.backdoor_classes[0])
+        return names.index(name), f"the class the audit named as holding injected rows ({name})"
+    if not verdict.backdoor_classes:
+        return None, "the audit named no class"
+    return None, f"the audit named {len(verdict.backdoor_classes)} classes ({', '.join(verdict.backdoor_classes)})"
+
+
+def resolve_estimated_target(cfg: Any, res_before: dict | None,
+                             audit: tuple[int | None, str | None] = (None, None)) -> tuple[Any, str | None]:
+    """A method whose config takes the backdoor's ``target`` set to "estimate" (NPD's CPU
+    profile) gets the class the audit named (``audit``: :func:`audit_target`'s answer), else
+    the class the residual-backdoor estimate of the input model names when it shows evidence,
+    else None (the method's own choice per row). Returns the config (a copy when changed) and
+    one line saying where the target came from, or None when the config had nothing to
+    resolve."""
+    import dataclasses
+
+    from .npd import ESTIMATE
+
+    value = getattr(cfg, "target", None)
+    if not (isinstance(value, str) and value.strip().lower() == ESTIMATE):
+        return cfg, None
+    audit_class, audit_note = audit
+    if audit_class is not None:
+        return dataclasses.replace(cfg, target=int(audit_class)), f"attack aimed at {audit_note}"
+    if res_before is not None and res_before.get("evidence") and res_before.get("class") is not None:
+        cls = int(res_before["class"])
+        return dataclasses.replace(cfg, target=cls), (
+            f"attack aimed at class {res_before.get('class_name', cls)}, the class the residual estimate of the "
+            f"input model names" + (f" ({audit_note})" if audit_note else ""))
+    why = "not run" if res_before is None else "no patch-like backdoor found"
+    return dataclasses.replace(cfg, target=None), (
+        f"attack aimed at each row's most likely wrong class (the residual estimate of the input model: {why}"
+        + (f"; {audit_note}" if audit_note else "") + ")")
+
+
 @dataclass
 class AutoConfig:
     """``--method auto``: the methods to try, cheapest first, each on the input model; the
@@ -510,7 +576,8 @@ def auto_config(options: dict | None) -> AutoConfig:
 
 
 def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, check: HeldOutCheck | None, res_before, res_cfg,
-                max_ca_drop: float, device, seed: int, log, profile: str = "published") -> tuple[torch.nn.Module, dict]:
+                max_ca_drop: float, device, seed: int, log, profile: str = "published",
+                audit: tuple[int | None, str | None] = (None, None)) -> tuple[torch.nn.Module, dict]:
     """Try ``cfg.sequence`` on copies of ``model``; keep the first step that passes (no residual
     evidence, held-out CA drop within ``max_ca_drop``), else the passing-CA step whose smallest
     reversed mask looks least like a trigger. Every step is recorded in ``info["steps"]``."""
@@ -524,13 +591,16 @@ def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, check: HeldOutCh
                           "patch-like backdoor for it to unlearn)")
     steps, tried = [], []
     for name in seq:
-        mcfg = make_config(name, cfg.options.get(name), profile)
+        mcfg, target_note = resolve_estimated_target(make_config(name, cfg.options.get(name), profile), res_before,
+                                                    audit)
         purified, info = purify(name, copy.deepcopy(model), clean, mcfg, device=device, seed=seed,
                                 log=(lambda m: log(m)) if log else None)
         res = residual_estimate(purified, clean, res_cfg, device=device, seed=seed, reference=res_before)
         step = {"method": name, "seconds": info["seconds"] + res["seconds"], "residual_evidence": res["evidence"],
                 "smallest_to_median_l1": res["smallest_to_median_l1"], "transfer_rate": res["transfer_rate"],
                 "transfer_decides": res["transfer_decides"]}
+        if target_note:
+            step["target_source"] = target_note
         ca_ok = True
         if check is not None:
             m = check.measure(purified, device, max_ca_drop)
@@ -631,6 +701,9 @@ def report_markdown(metrics: dict) -> str:
                    else "no backdoor found")
         lines.append(f"- Neural Cleanse: {verdict} (max anomaly index {p['max_anomaly_index']:.2f}; "
                      f"threshold {p['config']['anomaly_threshold']})")
+    source = (metrics.get("purification") or {}).get("target_source")
+    if source:
+        lines.append(f"- {metrics['method']}: {source}")
     if metrics.get("residual"):
         r = metrics["residual"]
         lines.append(f"- {r['summary'][0].upper()}{r['summary'][1:]} (trigger-free estimate: "
