@@ -155,6 +155,10 @@ def render_purify_report(metrics: dict, out: str | Path) -> Path:
                     f"{_img(plots.training_curves(history, metrics['method']), 'training-curves', 'curves')}</section>")
     facts = [["model", f"{metrics.get('source')} ({metrics.get('arch')})"], ["method", metrics.get("method")],
              ["clean rows used", metrics.get("n_clean")], ["seconds", f"{float(metrics.get('seconds') or 0.0):.2f}"]]
+    if p.get("target_source"):
+        facts.append(["the attack's target", p["target_source"]])
+    if metrics.get("audit"):
+        facts.append(["audit read", metrics["audit"]])
     seen = metrics.get("clean_rows_seen") or {}
     if seen.get("known"):
         facts.append(["clean rows the model was trained on", seen.get("message") or

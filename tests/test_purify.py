@@ -209,6 +209,10 @@ def test_npd_on_the_cpu_profile_aims_at_the_class_the_residual_estimate_names(di
     assert p["config"]["target"] == 0 and p["attack_target"] == digits_setup["clean"].class_names[0], p
     assert "the residual estimate of the input model names" in p["target_source"], p["target_source"]
     assert f"- npd: {p['target_source']}" in report_markdown(m)
+    from pipelines.run_report import render_purify_report
+
+    html_text = render_purify_report(m, digits_setup["tmp"]).read_text()
+    assert "the attack&#x27;s target" in html_text and "the residual estimate of the input model names" in html_text
     print(f"npd (target from the estimate, 40 steps): ASR {m['before']['asr']:.3f} -> {m['asr']:.3f}, "
           f"CA {m['before']['clean_acc']:.3f} -> {m['clean_acc']:.3f}")
     assert m["asr"] < 0.5 * m["before"]["asr"], (m["before"], m["asr"])
@@ -238,6 +242,7 @@ def test_npd_on_the_cpu_profile_aims_at_the_class_the_residual_estimate_names(di
                             options={**opts, "steps": 1}, device="cpu", log=None, residual=False, profile="cpu",
                             max_ca_drop=1.0, audit=run)
     assert named["purification"]["config"]["target"] == 3, named["purification"]["config"]
+    assert named["audit"] == str(run)
     assert f"the audit named as holding injected rows ({names[3]})" in named["purification"]["target_source"]
     verdict([])
     assert "the audit named no class" in resolve_estimated_target(make_config("npd", {}, "cpu"), None,

@@ -390,6 +390,8 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
 
     metrics: dict[str, Any] = {"method": method, "n_clean": int((~clean.unreadable).sum()),
                                "arch": meta["arch"], "source": str(model_dir or state_dict), "profile": profile}
+    if audit is not None:
+        metrics["audit"] = str(audit)
     if test is not None:
         metrics["before"] = evaluate(model, test, trigger_spec, device=device)
     check = None
