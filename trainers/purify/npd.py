@@ -75,11 +75,16 @@ class NPDConfig:
 ESTIMATE = "estimate"
 
 
+def is_estimate(target: int | str | None) -> bool:
+    """Whether ``NPDConfig.target`` asks for the estimated class (resolved before the run)."""
+    return isinstance(target, str) and target.strip().lower() == ESTIMATE
+
+
 def attack_target(target: int | str | None, class_names) -> int | None:
     """``NPDConfig.target`` as a class index (None stays None, and so does an unresolved
     "estimate": no estimate was given); a one-line error when it names no class of the clean
     set."""
-    if target is None or (isinstance(target, str) and target.strip().lower() in ("", "none", ESTIMATE)):
+    if target is None or is_estimate(target) or str(target).strip().lower() in ("", "none"):
         return None
     names = [str(c) for c in class_names]
     if isinstance(target, str) and not target.strip().lstrip("-").isdigit():
@@ -238,8 +243,8 @@ def purify_npd(model, clean, cfg: NPDConfig, *, device, seed, log):
             p.requires_grad_(flag)
     mod = {"name": "insert_polarizer", "params": {"path": path, "channels": int(channels)}}
     return model, {"modifications": [mod], "polarizer_at": path,
-                   "attack_target": (("each row's most likely wrong class" + (
-                       " (no class estimate was given)" if str(cfg.target).strip().lower() == ESTIMATE else ""))
-                       if fixed_target is None else str(clean.class_names[fixed_target])),
+                   "attack_target": (str(clean.class_names[fixed_target]) if fixed_target is not None
+                                     else "each row's most likely wrong class"
+                                     + (" (no class estimate was given)" if is_estimate(cfg.target) else "")),
                    **schedule_info("warmup_", warm_history, n, cfg.batch_size),
                    **schedule_info("", history, n, cfg.batch_size)}

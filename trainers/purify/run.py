@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -510,23 +510,20 @@ def resolve_estimated_target(cfg: Any, res_before: dict | None,
     else None (the method's own choice per row). Returns the config (a copy when changed) and
     one line saying where the target came from, or None when the config had nothing to
     resolve."""
-    import dataclasses
+    from .npd import is_estimate
 
-    from .npd import ESTIMATE
-
-    value = getattr(cfg, "target", None)
-    if not (isinstance(value, str) and value.strip().lower() == ESTIMATE):
+    if not is_estimate(getattr(cfg, "target", None)):
         return cfg, None
     audit_class, audit_note = audit
     if audit_class is not None:
-        return dataclasses.replace(cfg, target=int(audit_class)), f"attack aimed at {audit_note}"
+        return replace(cfg, target=int(audit_class)), f"attack aimed at {audit_note}"
     if res_before is not None and res_before.get("evidence") and res_before.get("class") is not None:
         cls = int(res_before["class"])
-        return dataclasses.replace(cfg, target=cls), (
+        return replace(cfg, target=cls), (
             f"attack aimed at class {res_before.get('class_name', cls)}, the class the residual estimate of the "
             f"input model names" + (f" ({audit_note})" if audit_note else ""))
     why = "not run" if res_before is None else "no patch-like backdoor found"
-    return dataclasses.replace(cfg, target=None), (
+    return replace(cfg, target=None), (
         f"attack aimed at each row's most likely wrong class (the residual estimate of the input model: {why}"
         + (f"; {audit_note}" if audit_note else "") + ")")
 
