@@ -193,8 +193,9 @@ def test_npd_on_the_cpu_profile_aims_at_the_class_the_residual_estimate_names(di
     """NPD's CPU profile takes ``target="estimate"``: the residual estimate of the input model
     (run before purifying anyway) names the BadNets target here (class 0, as in the auto test
     above), and every row's attack is aimed at it; metrics record where the target came from.
-    Without the estimate (``residual=False``) the attack goes back to each row's most likely
-    wrong class, and says why."""
+    SAU's CPU profile aims its shared attack at the same class. Without the estimate
+    (``residual=False``) the attack goes back to each row's most likely wrong class, and
+    says why."""
     from trainers.purify.residual import ResidualConfig
     from trainers.purify.base import make_config
     from trainers.purify.run import audit_target, purify_and_save, report_markdown, resolve_estimated_target
@@ -216,11 +217,18 @@ def test_npd_on_the_cpu_profile_aims_at_the_class_the_residual_estimate_names(di
     print(f"npd (target from the estimate, 40 steps): ASR {m['before']['asr']:.3f} -> {m['asr']:.3f}, "
           f"CA {m['before']['clean_acc']:.3f} -> {m['clean_acc']:.3f}")
     assert m["asr"] < 0.5 * m["before"]["asr"], (m["before"], m["asr"])
+    # SAU's CPU profile aims its shared attack the same way (a few steps: where it aims)
+    s = purify_and_save(clean=digits_setup["clean"], method="sau", out=None, model_dir=digits_setup["model_dir"],
+                        options={"steps": 4, "batch_size": 25}, device="cpu", log=None, residual=rc, profile="cpu",
+                        max_ca_drop=1.0)["purification"]
+    assert s["config"]["target"] == 0 and s["attack_target"] == digits_setup["clean"].class_names[0], s
+    assert "the residual estimate of the input model names" in s["target_source"], s["target_source"]
     off = purify_and_save(clean=digits_setup["clean"], method="npd", out=None, model_dir=digits_setup["model_dir"],
                           options={**opts, "steps": 1}, device="cpu", log=None, residual=False, profile="cpu",
                           max_ca_drop=1.0)
     assert off["purification"]["config"]["target"] is None, off["purification"]["config"]
-    assert "each row's most likely wrong class" in off["purification"]["target_source"]
+    assert "not aimed at one class" in off["purification"]["target_source"]
+    assert off["purification"]["attack_target"] == "each row's most likely wrong class"
     assert "not run" in off["purification"]["target_source"]
     # an audit of the training data that named one class comes first (here a class other than
     # the estimate's, to tell them apart); a verdict that is missing or names a class the model

@@ -212,6 +212,41 @@ def test_sau_shared_pgd_starts_at_plus_eps_and_stays_in_the_linf_ball(tiny):
     assert float((adv - x).abs().max()) <= 0.2 + 1e-6
 
 
+def test_sau_aimed_at_a_class_attacks_every_other_row_toward_it(tiny):
+    """``target`` set: the shared PGD aims every row not of the target class at it (both
+    models' CE toward the target; the class's own rows keep the authors' objective), so far
+    more rows end predicted as the target by both models than with the authors' attack; a
+    class name works like its index and a class the clean set lacks is a one-line error."""
+    from pipelines.errors import VetsetError
+    from trainers.purify import make_config
+    from trainers.purify.common import attack_target, frozen_copy
+    from trainers.purify.sau import shared_pgd, targeted_rows
+
+    out = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    rows, shared = targeted_rows(out, out.clone(), 2, beta_2=1.0)
+    assert shared.tolist() == [False, True]
+    assert torch.allclose(rows, nn.functional.cross_entropy(out, torch.tensor([2, 2]), reduction="none"))
+
+    model, clean = tiny
+    x = torch.from_numpy(clean.images[:40]).permute(0, 3, 1, 2).float() / 255
+    y = torch.from_numpy(clean.labels[:40])
+    ref = frozen_copy(model)
+    cfg = make_config("sau", {"pgd_steps": 10, "eps": 0.2, "step": 0.05})
+
+    def hits(target):
+        adv, _ = shared_pgd(model, ref, x, y, cfg, target)
+        with torch.no_grad():
+            both = (model(adv).argmax(1) == 8) & (ref(adv).argmax(1) == 8)
+        return float(both[y != 8].float().mean()), adv
+
+    aimed, adv = hits(8)  # this random-weight net predicts 5 on nearly every row, 8 on a few
+    assert float((adv - x).abs().max()) <= 0.2 + 1e-6
+    assert aimed > 0.5 and aimed > hits(None)[0] + 0.3, (aimed, hits(None)[0])
+    assert attack_target(str(clean.class_names[3]), clean.class_names, "SAU") == 3
+    with pytest.raises(VetsetError, match="SAU: target 'nope'"):
+        attack_target("nope", clean.class_names, "SAU")
+
+
 def test_sau_shared_loss_is_a_batch_mean_over_the_poisoned_rows():
     from trainers.purify.sau import shared_loss
 

@@ -23,6 +23,35 @@ from ..loop import TrainConfig, _batches, predict_logits
 Log = Callable[[str], Any] | None
 
 
+# the value of a method's ``target`` option (NPD's and SAU's CPU profiles) that asks for the
+# backdoor's class as estimated before the run: the class an audit of the training data named,
+# else the one the residual estimate of the input model names (trainers/purify/run.py's
+# ``resolve_estimated_target`` resolves it), else None (the method's own per-row choice)
+ESTIMATE = "estimate"
+
+
+def is_estimate(target: int | str | None) -> bool:
+    """Whether a method's ``target`` asks for the estimated class (resolved before the run)."""
+    return isinstance(target, str) and target.strip().lower() == ESTIMATE
+
+
+def attack_target(target: int | str | None, class_names, method: str) -> int | None:
+    """A method's ``target`` option as a class index (None stays None, and so does an
+    unresolved "estimate": no estimate was given); a one-line error naming ``method`` when it
+    names no class of the clean set."""
+    if target is None or is_estimate(target) or str(target).strip().lower() in ("", "none"):
+        return None
+    names = [str(c) for c in class_names]
+    if isinstance(target, str) and not target.strip().lstrip("-").isdigit():
+        if target not in names:
+            raise VetsetError(f"{method}: target {target!r} is not a class of the clean set ({', '.join(names)})")
+        return names.index(target)
+    index = int(target)
+    if not 0 <= index < len(names):
+        raise VetsetError(f"{method}: target {index} is not a class index (0-{len(names) - 1})")
+    return index
+
+
 def clean_arrays(clean: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
     """Readable rows of the clean set as (uint8 NHWC images, int64 labels)."""
     keep = ~clean.unreadable

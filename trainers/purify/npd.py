@@ -19,7 +19,8 @@ from pipelines.errors import VetsetError
 
 from ..loop import TrainHooks, fit
 from .base import register
-from .common import budget_epochs, check_steps, clean_arrays, eval_mode, fine_tune_config, logits_of, schedule_info
+from .common import (ESTIMATE, attack_target, budget_epochs, check_steps, clean_arrays, eval_mode, fine_tune_config,
+                     is_estimate, logits_of, schedule_info)
 from .layers import default_polarizer_path, insert_polarizer, polarizer_of
 
 
@@ -72,29 +73,6 @@ class NPDConfig:
         check_steps("warmup_steps", self.warmup_steps)
 
 
-ESTIMATE = "estimate"
-
-
-def is_estimate(target: int | str | None) -> bool:
-    """Whether ``NPDConfig.target`` asks for the estimated class (resolved before the run)."""
-    return isinstance(target, str) and target.strip().lower() == ESTIMATE
-
-
-def attack_target(target: int | str | None, class_names) -> int | None:
-    """``NPDConfig.target`` as a class index (None stays None, and so does an unresolved
-    "estimate": no estimate was given); a one-line error when it names no class of the clean
-    set."""
-    if target is None or is_estimate(target) or str(target).strip().lower() in ("", "none"):
-        return None
-    names = [str(c) for c in class_names]
-    if isinstance(target, str) and not target.strip().lstrip("-").isdigit():
-        if target not in names:
-            raise VetsetError(f"NPD: target {target!r} is not a class of the clean set ({', '.join(names)})")
-        return names.index(target)
-    index = int(target)
-    if not 0 <= index < len(names):
-        raise VetsetError(f"NPD: target {index} is not a class index (0-{len(names) - 1})")
-    return index
 
 
 def targeted_attack(m, x: torch.Tensor, target: torch.Tensor, cfg: NPDConfig) -> torch.Tensor:
@@ -179,7 +157,7 @@ def _init_identity(model, path: str, images, device, batch: int = 256) -> None:
           cpu={"warmup_steps": 100, "steps": 500, "target": ESTIMATE})
 def purify_npd(model, clean, cfg: NPDConfig, *, device, seed, log):
     images, labels = clean_arrays(clean)
-    fixed_target = attack_target(cfg.target, clean.class_names)
+    fixed_target = attack_target(cfg.target, clean.class_names, "NPD")
     path = cfg.layer or default_polarizer_path(model)
     channels = input_channels(model, path, images, device)
     insert_polarizer(model, path, channels)

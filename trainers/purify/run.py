@@ -351,8 +351,8 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
 
     ``audit``: an audit's run folder (or its verdict.json) of the data the model was trained
     on; the one class it named as holding injected rows is the backdoor's target for a method
-    that aims at one (NPD's CPU profile, ``target="estimate"``), before the residual
-    estimate's class."""
+    that aims at one (NPD's and SAU's CPU profiles, ``target="estimate"``), before the
+    residual estimate's class."""
     profile = resolve_profile(profile, device)
     if method == AUTO:
         cfg = auto_config(options)
@@ -504,13 +504,13 @@ def audit_target(audit: str | os.PathLike | None, class_names) -> tuple[int | No
 
 def resolve_estimated_target(cfg: Any, res_before: dict | None,
                              audit: tuple[int | None, str | None] = (None, None)) -> tuple[Any, str | None]:
-    """A method whose config takes the backdoor's ``target`` set to "estimate" (NPD's CPU
-    profile) gets the class the audit named (``audit``: :func:`audit_target`'s answer), else
+    """A method whose config takes the backdoor's ``target`` set to "estimate" (NPD's and
+    SAU's CPU profiles) gets the class the audit named (``audit``: :func:`audit_target`'s answer), else
     the class the residual-backdoor estimate of the input model names when it shows evidence,
     else None (the method's own choice per row). Returns the config (a copy when changed) and
     one line saying where the target came from, or None when the config had nothing to
     resolve."""
-    from .npd import is_estimate
+    from .common import is_estimate
 
     if not is_estimate(getattr(cfg, "target", None)):
         return cfg, None
@@ -524,7 +524,7 @@ def resolve_estimated_target(cfg: Any, res_before: dict | None,
             f"input model names" + (f" ({audit_note})" if audit_note else ""))
     why = "not run" if res_before is None else "no patch-like backdoor found"
     return replace(cfg, target=None), (
-        f"attack aimed at each row's most likely wrong class (the residual estimate of the input model: {why}"
+        f"attack not aimed at one class, as published (the residual estimate of the input model: {why}"
         + (f"; {audit_note}" if audit_note else "") + ")")
 
 
