@@ -131,6 +131,27 @@ def _run_auto(tmp: Path, model, arch, clean, test, trigger, schedules, rcfg, dev
                                      "optimizer_steps": None, "epochs_run": None}
 
 
+def injected_rows(sim) -> tuple[np.ndarray, int | None]:
+    """The poisoned training rows whose own class is not the target (dirty-label: the rows an
+    audit names as injected into the target class), and the target."""
+    truth = sim.truth
+    poisoned = truth["is_poisoned"].to_numpy()
+    if not poisoned.any():
+        return sim.dataset.images[:0], None
+    target = int(np.bincount(sim.dataset.labels[poisoned]).argmax())
+    rows = poisoned & (truth["original_label"].to_numpy() != target)
+    return sim.dataset.images[rows], target
+
+
+def target_rate(model, images: np.ndarray, target: int | None, device) -> float | None:
+    """The share of ``images`` the model classifies as ``target`` (None without rows)."""
+    if target is None or not len(images):
+        return None
+    from trainers.loop import predict_logits
+
+    return float((predict_logits(model, images, device=device).argmax(1) == target).mean())
+
+
 def slice_table(path: Path, n: int | None, offset: int = 0) -> pa.Table:
     table = pq.read_table(path)
     if n is None or n >= table.num_rows:
@@ -236,6 +257,8 @@ def main() -> None:
                 torch.save({"state": model.state_dict(), "train_seconds": train_s, "base": base}, cached)
         print(f"[{attack}] trained {arch} in {train_s:.0f}s: CA {base['clean_acc']:.4f} ASR {base['asr']:.4f}",
               flush=True)
+        injected = injected_rows(sim)
+        base_injected = target_rate(model, *injected, device)
         res_before = residual_of(model, balanced_subset(clean_pool, n_clean, args.seed), args) if args.residual else None
         if res_before is not None:
             res_before["agrees"] = agreement(base["asr"], res_before["evidence"])
@@ -267,7 +290,11 @@ def main() -> None:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
             after = evaluate(purified, test, sim.trigger)
-            row = {"attack": attack, "method": method, "n_clean": n, "options": options,
+            # the share of the training set's dirty-label injected rows (their own class is not the
+            # target) that the model calls the target: what an audit's flagged rows would tell
+            inj = {"injected_target_rate_before": base_injected,
+                   "injected_target_rate_after": target_rate(purified, *injected, device)}
+            row = {**inj, "attack": attack, "method": method, "n_clean": n, "options": options,
                    "ca_before": base["clean_acc"], "asr_before": base["asr"],
                    "ca_after": after["clean_acc"], "asr_after": after["asr"], "ra_after": after["ra"],
                    "seconds": seconds, "train_seconds": train_s,
@@ -290,6 +317,9 @@ def main() -> None:
                 extra = f" FRR {row['strip_frr']:.4f} FAR {row['strip_far']:.4f}"
             if info.get("optimizer_steps") is not None:
                 extra += f" ({info['optimizer_steps']} steps)"
+            if inj["injected_target_rate_after"] is not None:
+                extra += (f"; injected rows called the target {inj['injected_target_rate_before']:.3f}"
+                          f"->{inj['injected_target_rate_after']:.3f}")
             if args.residual:
                 extra += f"; residual estimate: {row['residual_after']['describe']} ({row['residual_after']['agrees']})"
             print(f"[{attack}] {method:6s} n={n:5d} {seconds:6.1f}s CA {row['ca_before']:.4f}->{row['ca_after']:.4f} "

@@ -132,6 +132,14 @@ def render_purify_report(metrics: dict, out: str | Path) -> Path:
                     + (f"<p><b>Warning: {html.escape(res['warning'])}</b></p>" if res.get("warning") else "")
                     + f"<p>Looked for: {html.escape(str(res['after'].get('looks_for', '')))}, on "
                     f"{res['after'].get('rows', '?')} clean rows.</p></section>")
+    audit_rows = metrics.get("audit_rows")
+    if audit_rows:
+        text = audit_rows.get("summary") or f"the audit's rows: {audit_rows.get('note', '')}"
+        body.append(f'<section id="audit-rows"><h2>The audit\'s injected rows</h2><p class="'
+                    f'{"warn" if audit_rows.get("warning") else ""}" id="audit-rows-summary"><b>'
+                    f"{html.escape(text[0].upper() + text[1:])}</b></p>"
+                    + (f"<p><b>Warning: {html.escape(audit_rows['warning'])}</b></p>" if audit_rows.get("warning")
+                       else "") + "</section>")
     if "before" in metrics:
         b, a = metrics["before"], metrics["after"]
         rows = [["before", _pct(b.get("clean_acc")), _pct(b.get("asr")), _pct(b.get("ra"))],
@@ -141,7 +149,8 @@ def render_purify_report(metrics: dict, out: str | Path) -> Path:
                     f"{_table(['model', 'CA', 'ASR', 'RA'], rows)}{der}</section>")
     p = metrics.get("purification") or {}
     if p.get("steps"):
-        steps = [[s["method"], "yes" if s["residual_evidence"] else "no",
+        steps = [[s["method"], ("yes" if s["residual_evidence"] else "no")
+                  + (f" (audit's rows {s['audit_rows_share']:.1%})" if "audit_rows_share" in s else ""),
                   f"{s['transfer_rate']:.0%}" if s.get("transfer_decides") and s.get("transfer_rate") is not None
                   else "n/a", "not run" if s.get("smallest_to_median_l1") is None else f"{s['smallest_to_median_l1']:.2f}",
                   f"{s['ca_drop']:+.3f}" if "ca_drop" in s else "n/a", f"{s['seconds']:.1f}",

@@ -19,6 +19,7 @@ from pipelines.run_report import render_purify_report
 from ..evaluate import der, evaluate, load_trigger, resolve_trigger
 from ..models import CIFAR10_MEAN, CIFAR10_STD, ImageClassifier, build_model
 from ..saved import load_model, read_config, read_training_rows, save_model
+from .audit_rows import EVIDENCE_ABOVE, AuditRows, audit_rows_summary, load_audit_rows, target_share
 from .base import PURIFIERS, make_config, purify, resolve_profile
 from .residual import ResidualConfig, describe, public, residual_estimate
 from .strip import StripWrapper, to_nchw
@@ -392,6 +393,10 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
                                "arch": meta["arch"], "source": str(model_dir or state_dict), "profile": profile}
     if audit is not None:
         metrics["audit"] = str(audit)
+    audit_rows, audit_rows_note = load_audit_rows(audit, named[0], meta["class_names"] or clean.class_names)
+    rows_before = target_share(model, audit_rows, device) if audit_rows is not None else None
+    if audit_rows_note:
+        metrics["audit_rows"] = {"note": audit_rows_note}
     if test is not None:
         metrics["before"] = evaluate(model, test, trigger_spec, device=device)
     check = None
@@ -410,7 +415,7 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
     if method == AUTO:
         purified, info = purify_auto(model, clean, cfg, check=check, res_before=res_before, res_cfg=res_cfg,
                                      max_ca_drop=max_ca_drop, device=device, seed=seed, log=log, profile=profile,
-                                     audit=named)
+                                     audit=named, audit_rows=audit_rows)
     else:
         cfg, target_note = resolve_estimated_target(cfg, res_before, named)
         if target_note and log:
@@ -457,6 +462,14 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
             log(f"residual estimate after {method}: backdoor evidence {describe(res_after)}")
             if metrics["residual"]["warning"]:
                 log(f"WARNING: {metrics['residual']['warning']}")
+    if audit_rows is not None:
+        metrics["audit_rows"] = audit_rows_summary(rows_before, target_share(purified, audit_rows, device), audit_rows)
+        if log:
+            log(metrics["audit_rows"]["summary"])
+            if metrics["audit_rows"]["warning"]:
+                log(f"WARNING: {metrics['audit_rows']['warning']}")
+    elif audit_rows_note and log:
+        log(f"the audit's rows: {audit_rows_note}")
     if method == "nc":
         metrics["backdoor_detected"] = info["backdoored"]
         metrics["target_class"] = info["target_class"]
@@ -576,10 +589,14 @@ def auto_config(options: dict | None) -> AutoConfig:
 
 def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, check: HeldOutCheck | None, res_before, res_cfg,
                 max_ca_drop: float, device, seed: int, log, profile: str = "published",
-                audit: tuple[int | None, str | None] = (None, None)) -> tuple[torch.nn.Module, dict]:
+                audit: tuple[int | None, str | None] = (None, None),
+                audit_rows: AuditRows | None = None) -> tuple[torch.nn.Module, dict]:
     """Try ``cfg.sequence`` on copies of ``model``; keep the first step that passes (no residual
-    evidence, held-out CA drop within ``max_ca_drop``), else the passing-CA step whose smallest
-    reversed mask looks least like a trigger. Every step is recorded in ``info["steps"]``."""
+    evidence, held-out CA drop within ``max_ca_drop``, and, with ``audit_rows``, at most
+    ``EVIDENCE_ABOVE`` of the audit's injected rows still called their class), else the
+    passing-CA step whose smallest reversed mask looks least like a trigger (with
+    ``audit_rows``: the one that calls the fewest of them their class). Every step is
+    recorded in ``info["steps"]``."""
     import copy
     import time
 
@@ -606,11 +623,17 @@ def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, check: HeldOutCh
             step.update(held_out_ca=m["after"]["clean_acc"], ca_drop=m["drop"], ca_drop_noise=m["noise"],
                         ca_baseline=m["baseline"])
             ca_ok = not m["collapsed"]
-        step["passed"] = bool(ca_ok and not res["evidence"])
+        rows_ok = True
+        if audit_rows is not None:
+            step["audit_rows_share"] = round(target_share(purified, audit_rows, device), 4)
+            rows_ok = step["audit_rows_share"] <= EVIDENCE_ABOVE
+        step["passed"] = bool(ca_ok and rows_ok and not res["evidence"])
         steps.append(step)
         tried.append((purified, info, res, ca_ok))
         if log:
             log(f"auto: {name}: residual evidence {describe(res)}"
+                + (f", the audit's injected rows called their class {step['audit_rows_share']:.1%}"
+                   if "audit_rows_share" in step else "")
                 + (f", held-out CA drop {step['ca_drop']:+.3f}" if "ca_drop" in step else "")
                 + (" -> kept" if step["passed"] else " -> next"))
         if step["passed"]:
@@ -622,7 +645,8 @@ def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, check: HeldOutCh
         ca_ok = [i for i, t in enumerate(tried) if t[3]] or list(range(len(tried)))
         # the step whose model the input model's reversed trigger moves least, then the one
         # whose smallest reversed mask looks least like a trigger
-        pick = max(ca_ok, key=lambda i: (-(steps[i]["transfer_rate"] or 0.0) if steps[i]["transfer_decides"] else 0.0,
+        pick = max(ca_ok, key=lambda i: (-steps[i].get("audit_rows_share", 0.0),
+                                         -(steps[i]["transfer_rate"] or 0.0) if steps[i]["transfer_decides"] else 0.0,
                                          steps[i]["smallest_to_median_l1"] or 0.0))
     purified, info, res, _ = tried[pick]
     out = {k: v for k, v in info.items() if k not in ("method", "config", "seconds", "n_clean")}
@@ -703,6 +727,12 @@ def report_markdown(metrics: dict) -> str:
     source = (metrics.get("purification") or {}).get("target_source")
     if source:
         lines.append(f"- {metrics['method']}: {source}")
+    rows = metrics.get("audit_rows")
+    if rows:
+        lines.append(f"- {rows['summary'][0].upper()}{rows['summary'][1:]}" if "summary" in rows
+                     else f"- The audit's rows: {rows['note']}")
+        if rows.get("warning"):
+            lines.append(f"- **Warning: {rows['warning']}**")
     if metrics.get("residual"):
         r = metrics["residual"]
         lines.append(f"- {r['summary'][0].upper()}{r['summary'][1:]} (trigger-free estimate: "
@@ -719,7 +749,8 @@ def report_markdown(metrics: dict) -> str:
                   "|---|---|---|---|---|---|---|"]
         for st in steps:
             drop = f"{st['ca_drop']:+.3f}" if "ca_drop" in st else "n/a"
-            lines.append(f"| {st['method']} | {'yes' if st['residual_evidence'] else 'no'} | {transfer_cell(st)} | "
+            rows = f" (audit's rows {st['audit_rows_share']:.1%})" if "audit_rows_share" in st else ""
+            lines.append(f"| {st['method']} | {'yes' if st['residual_evidence'] else 'no'}{rows} | {transfer_cell(st)} | "
                          f"{_ratio(st['smallest_to_median_l1'])} | {drop} | {st['seconds']:.1f} | "
                          f"{'yes' if st['method'] == p['chosen'] else ''} |")
         if p.get("note"):
