@@ -30,8 +30,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--audit", metavar="RUN_DIR",
                    help="`vetset audit`'s run folder (or its verdict.json) for the data the model was trained on: the "
-                        "class it named is the backdoor's target that NPD's attack aims at (on the CPU profile; "
-                        "else the residual estimate's class)")
+                        "class it named is the backdoor's target that NPD's and SAU's attacks aim at (on the CPU "
+                        "profile; else the residual estimate's class), and for a dirty-label class the share of its "
+                        "injected rows the model still puts there is reported before and after")
     p.add_argument("--out", required=True, help="model directory to write")
     g = p.add_argument_group("checks")
     g.add_argument("--min-rows-per-class", type=int, default=5, help="least readable clean rows of each class (5)")
@@ -120,6 +121,11 @@ def cmd_purify(args: argparse.Namespace) -> int:
         print(metrics["residual"]["summary"])
         if metrics["residual"]["warning"]:
             print(f"WARNING: {metrics['residual']['warning']}")
+    rows = metrics.get("audit_rows")
+    if rows:
+        print(rows.get("summary") or f"the audit's rows: {rows.get('note')}")
+        if rows.get("warning"):
+            print(f"WARNING: {rows['warning']}")
     if metrics.get("purification", {}).get("chosen"):
         print(f"auto kept: {metrics['purification']['chosen']}")
     if "backdoor_detected" in metrics:
