@@ -492,7 +492,8 @@ def test_npd_with_every_gpu_switch_forced_matches_fp32_eager(digits_setup):
     assert abs(fo["clean_acc"] - fp["clean_acc"]) < 0.2 and abs(fo["asr"] - fp["asr"]) < 0.3, (fp, fo)
 
 
-def test_the_audits_injected_rows_measure_the_backdoor_without_the_trigger(digits_setup, tmp_path):
+def test_the_audits_injected_rows_measure_the_backdoor_without_the_trigger(prefect_harness, digits_setup, tmp_path,
+                                                                          capsys):
     """``--audit`` with a dirty-label class: the rows the audit found injected into it, read
     back from the audited data, are the trigger on other classes' images, so the share a model
     calls the class is its attack success on its own training poison: near 1 before, and
@@ -506,23 +507,36 @@ def test_the_audits_injected_rows_measure_the_backdoor_without_the_trigger(digit
     from pipelines.run_report import render_purify_report
     from pipelines.simulate import SimulationSpec, simulate, write_simulation
     from pipelines.verdict import read_verdict, write_verdict
+    from flows.cli import run
     from trainers.purify.run import purify_and_save, report_markdown
 
     sim = simulate(digits_setup["train"], SimulationSpec(attack="badnets", poison_rate=0.1, seed=0))
     assert np.array_equal(sim.dataset.images, digits_setup["trained_on"])  # the data the model was trained on
     data = write_simulation(sim, tmp_path / "dirty")["data"]
-    run = tmp_path / "audit"
+    run_dir = tmp_path / "audit"
     import time
     t0 = time.perf_counter()
     # the training-dynamics detector alone, 4 epochs: enough to name the class (its 1.7x size)
     # and pick its rows in the model's feature space, in a third of the default's time
-    run_audit(load_dataset(data), ["dynamics"], RunPaths(run), run_id="t", ctx=AuditContext(device="cpu", seed=0),
+    run_audit(load_dataset(data), ["dynamics"], RunPaths(run_dir), run_id="t", ctx=AuditContext(device="cpu", seed=0),
               options={"dynamics": {"epochs": 4}})
-    assert read_verdict(run / "verdict.json").backdoor_classes == [digits_setup["clean"].class_names[0]]
+    assert read_verdict(run_dir / "verdict.json").backdoor_classes == [digits_setup["clean"].class_names[0]]
     kw = dict(clean=digits_setup["clean"], model_dir=digits_setup["model_dir"], test=digits_setup["test"],
-              trigger=digits_setup["trigger"], device="cpu", log=None, residual=False, audit=run, max_ca_drop=1.0)
+              trigger=digits_setup["trigger"], device="cpu", log=None, residual=False, audit=run_dir, max_ca_drop=1.0)
+    # as a user runs it: `vetset purify --audit` prints the share beside the residual estimate
+    test, clean = _parquet(digits_setup["test"], tmp_path / "test.parquet"), _parquet(digits_setup["clean"],
+                                                                                     tmp_path / "clean.parquet")
+    (tmp_path / "trigger.json").write_text(json.dumps(digits_setup["trigger"]))
+    code = run(["purify", "--model", str(digits_setup["model_dir"]), "--clean", str(clean), "--method", "ft",
+                "--set", "epochs=2", "--test", str(test), "--trigger", str(tmp_path / "trigger.json"), "--device",
+                "cpu", "--no-residual", "--max-ca-drop", "1", "--audit", str(run_dir), "--out", str(tmp_path / "ft")])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    cli = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert cli["audit_rows"]["summary"] in printed.out and "WARNING: the purified model still puts" in printed.out
     for method, options in (("ft", {"epochs": 2}), ("npd", {"warmup_steps": 0, "steps": 40, "batch_size": 25})):
-        m = purify_and_save(method=method, out=tmp_path / method, options=options, profile="cpu", **kw)
+        m = cli if method == "ft" else purify_and_save(method=method, out=tmp_path / method, options=options,
+                                                        profile="cpu", **kw)
         rows = m["audit_rows"]
         print(f"{method}: audit's rows called class 0 {rows['before']:.3f} -> {rows['after']:.3f}; "
               f"test ASR {m['before']['asr']:.3f} -> {m['asr']:.3f}")
@@ -540,17 +554,17 @@ def test_the_audits_injected_rows_measure_the_backdoor_without_the_trigger(digit
     # docs/benchmarks.md): where a model memorised its training rows the share errs high
     assert m["asr"] < 0.5 and rows["after"] >= m["asr"], (rows, m["asr"])
     # a class with no excess over the median (a clean-label attack): no measure, a note
-    original = (run / "verdict.json").read_text()
-    verdict = read_verdict(run / "verdict.json")
+    original = (run_dir / "verdict.json").read_text()
+    verdict = read_verdict(run_dir / "verdict.json")
     for cls in verdict.classes:
         for s in cls.signals:
             s.fired = s.fired and s.name != "class_size"
-    write_verdict(verdict, run / "verdict.json")
+    write_verdict(verdict, run_dir / "verdict.json")
     m = purify_and_save(method="ft", out=None, options={"epochs": 1}, profile="cpu", **kw)
     assert "holds no rows above the median class" in m["audit_rows"]["note"]
     assert "holds no rows above the median class" in report_markdown(m)
     # the audited data changed since the audit: no measure, never a wrong one
-    (run / "verdict.json").write_text(original)
+    (run_dir / "verdict.json").write_text(original)
     write_simulation(simulate(digits_setup["train"], SimulationSpec(attack="badnets", poison_rate=0.1, seed=1)),
                      tmp_path / "dirty")
     m = purify_and_save(method="ft", out=None, options={"epochs": 1}, profile="cpu", **kw)
