@@ -73,8 +73,6 @@ class NPDConfig:
         check_steps("warmup_steps", self.warmup_steps)
 
 
-
-
 def targeted_attack(m, x: torch.Tensor, target: torch.Tensor, cfg: NPDConfig) -> torch.Tensor:
     """The authors' targeted L2 attack (see :class:`NPDConfig`); pixels kept in [0, 1]."""
     x = x.detach()
