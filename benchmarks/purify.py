@@ -131,25 +131,27 @@ def _run_auto(tmp: Path, model, arch, clean, test, trigger, schedules, rcfg, dev
                                      "optimizer_steps": None, "epochs_run": None}
 
 
-def injected_rows(sim) -> tuple[np.ndarray, int | None]:
+def injected_rows(sim):
     """The poisoned training rows whose own class is not the target (dirty-label: the rows an
-    audit names as injected into the target class), and the target."""
+    audit names as injected into the target class) as the purify run's AuditRows, or None."""
+    from trainers.purify.audit_rows import AuditRows
+
     truth = sim.truth
     poisoned = truth["is_poisoned"].to_numpy()
     if not poisoned.any():
-        return sim.dataset.images[:0], None
+        return None
     target = int(np.bincount(sim.dataset.labels[poisoned]).argmax())
     rows = poisoned & (truth["original_label"].to_numpy() != target)
-    return sim.dataset.images[rows], target
-
-
-def target_rate(model, images: np.ndarray, target: int | None, device) -> float | None:
-    """The share of ``images`` the model classifies as ``target`` (None without rows)."""
-    if target is None or not len(images):
+    if not rows.any():  # clean-label: the injected rows are the target's own images
         return None
-    from trainers.loop import predict_logits
+    return AuditRows(sim.dataset.images[rows], target, str(sim.dataset.class_names[target]), "simulation")
 
-    return float((predict_logits(model, images, device=device).argmax(1) == target).mean())
+
+def target_rate(model, rows, device) -> float | None:
+    """The share of the injected rows the model puts in the target (None without rows)."""
+    from trainers.purify.audit_rows import target_share
+
+    return None if rows is None else target_share(model, rows, device)
 
 
 def slice_table(path: Path, n: int | None, offset: int = 0) -> pa.Table:
@@ -258,7 +260,7 @@ def main() -> None:
         print(f"[{attack}] trained {arch} in {train_s:.0f}s: CA {base['clean_acc']:.4f} ASR {base['asr']:.4f}",
               flush=True)
         injected = injected_rows(sim)
-        base_injected = target_rate(model, *injected, device)
+        base_injected = target_rate(model, injected, device)
         res_before = residual_of(model, balanced_subset(clean_pool, n_clean, args.seed), args) if args.residual else None
         if res_before is not None:
             res_before["agrees"] = agreement(base["asr"], res_before["evidence"])
@@ -293,7 +295,7 @@ def main() -> None:
             # the share of the training set's dirty-label injected rows (their own class is not the
             # target) that the model calls the target: what an audit's flagged rows would tell
             inj = {"injected_target_rate_before": base_injected,
-                   "injected_target_rate_after": target_rate(purified, *injected, device)}
+                   "injected_target_rate_after": target_rate(purified, injected, device)}
             row = {**inj, "attack": attack, "method": method, "n_clean": n, "options": options,
                    "ca_before": base["clean_acc"], "asr_before": base["asr"],
                    "ca_after": after["clean_acc"], "asr_after": after["asr"], "ra_after": after["ra"],
