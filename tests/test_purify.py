@@ -57,16 +57,19 @@ CASES = {
     # asks for a clear drop (RELATIVE_DROP), the quality figure lives in benchmarks
     "fp": ({"epochs": 12}, 1.0),
     "ftsam": ({"epochs": 8}, 0.7),
-    # SAU: ASR 0.0 whatever the schedule here, but it costs clean accuracy on 200 clean digits
-    # (with crop + flip: 0.93 -> 0.79 with 6 epochs at 1e-3, 0.72 with 10; without, the
-    # default since 2026-11-25: 0.74 at 6 x 1e-3, 0.70 at 6 x 3e-4, 0.77 at 10 x 3e-4, one step
-    # an epoch): its own CA allowance below
-    "sau": ({"epochs": 10, "lr": 3e-4}, 0.1),
+    # SAU and NPD are aimed at the backdoor's class (``target`` 0: what the CPU profile's
+    # "estimate" resolves from an audit or the residual estimate). Unaimed (the authors'
+    # shared attack; NPD's per-row most likely wrong class), they depended on the machine's
+    # model: on AVX-512 SAU 10 epochs at 3e-4 gave ASR 0.0 and NPD 0.15-0.42 (model seeds
+    # 0-3), on an AVX2 EPYC (2026-12-06, model seeds 0-2, one thread) SAU 0.39-0.60 and NPD
+    # 0.61-0.81. Aimed, AVX2, model seeds 0-2 at one thread and 0, 3 at two:
+    # SAU 5 epochs at 3e-4: ASR 0.00-0.11, CA drop 0.13-0.23 (10 epochs: ASR 0.00, CA drop
+    # up to 0.31, too near its allowance); NPD: ASR 0.03-0.22, CA within 0.03
+    "sau": ({"epochs": 5, "lr": 3e-4, "target": 0}, 0.3),
     # NPD: 2 steps an epoch at batch 128 barely moved the polarizer (0.75). Since the
     # polarizer's BN stays in eval mode in the adversarial epochs (as the authors' code), lr
-    # 0.05 wrecks CA (0.17); the published lr 0.01, batch 25, 10 epochs: measured 0.93 -> 0.44,
-    # CA 0.91
-    "npd": ({"warmup_epochs": 0, "epochs": 10, "batch_size": 25}, 0.55),
+    # 0.05 wrecks CA (0.17); the published lr 0.01, batch 25, 10 epochs
+    "npd": ({"warmup_epochs": 0, "epochs": 10, "batch_size": 25, "target": 0}, 0.55),
     # TSBD: unlearning at lr 1e-3 reaches <= 10% in 38 epochs; with the default sweep the CA
     # rule picks n = 5% on this one-thread model (ASR 0.81), so the sweep is fixed at 30%.
     # 12 fine-tuning epochs: since the second (perturbed-weight) pass no longer updates BN's
@@ -82,10 +85,10 @@ CASES = {
 }
 
 
-# clean-accuracy drop allowed (default 0.15); SAU (see its note above) measured 0.92 -> 0.63
-# on AVX-512 and 0.93 -> 0.77 on AVX2
-# NPD over model seeds 0-3 (one thread, AVX-512, pillow 13): CA drop 0.16, -0.01, 0.04, 0.03
-# (seed 0 is the fixture's model: 0.94 -> 0.78), ASR 0.15-0.42
+# clean-accuracy drop allowed (default 0.15); SAU (see its note above): up to 0.23 aimed on
+# AVX2 (unaimed 0.92 -> 0.63 on AVX-512)
+# NPD unaimed over model seeds 0-3 (one thread, AVX-512, pillow 13): CA drop 0.16, -0.01,
+# 0.04, 0.03; aimed on AVX2: within 0.03
 CA_ALLOWANCE = {"sau": 0.35, "npd": 0.25}
 RELATIVE_DROP = {"fp": 0.1}  # ASR must fall at least this much below the backdoored model's
 
@@ -553,6 +556,21 @@ def test_the_audits_injected_rows_measure_the_backdoor_without_the_trigger(prefe
     # far less, the two agree within 2.5 points after NPD, TSBD and fine-tuning alike,
     # docs/benchmarks.md): where a model memorised its training rows the share errs high
     assert m["asr"] < 0.5 and rows["after"] >= m["asr"], (rows, m["asr"])
+    # --method auto with the audit: a step passes only when the share is at most 10%; none
+    # does here (fine-tuning leaves the backdoor, NPD the memorised rows), so the last resort
+    # keeps the step with the smallest share, and the share reported is that step's
+    from trainers.purify.residual import ResidualConfig
+    auto = purify_and_save(method="auto", out=None, profile="cpu",
+                           options={"sequence": "ft,npd", "ft.epochs": 2, "npd.warmup_steps": 0, "npd.steps": 40,
+                                    "npd.batch_size": 25},
+                           **{**kw, "residual": ResidualConfig(rows=40, steps_per_class=120, batch_size=10)})
+    steps, rows = auto["purification"]["steps"], auto["audit_rows"]
+    assert [s["method"] for s in steps] == ["ft", "npd"] and not auto["purification"]["passed"], steps
+    for s in steps:
+        assert s["passed"] == (not s["residual_evidence"] and s["audit_rows_share"] <= rows["evidence_above"]), s
+    chosen = min(steps, key=lambda s: s["audit_rows_share"])
+    assert auto["purification"]["chosen"] == chosen["method"], steps
+    assert abs(rows["after"] - chosen["audit_rows_share"]) < 1e-3 and rows["evidence"] and rows["warning"], rows
     # a class with no excess over the median (a clean-label attack): no measure, a note
     original = (run_dir / "verdict.json").read_text()
     verdict = read_verdict(run_dir / "verdict.json")

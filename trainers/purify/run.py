@@ -425,6 +425,7 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
         if target_note:
             info["target_source"] = target_note
     res_after = info.pop("residual_after", None)
+    rows_after = info.pop("audit_rows_after", None)  # auto measured its chosen step's share already
     if check is not None:
         m = check.measure(purified, device, max_ca_drop)
         held_after, collapsed = m["after"], m["collapsed"]
@@ -463,7 +464,9 @@ def purify_and_save(*, clean: ImageDataset, method: str, out: str | os.PathLike 
             if metrics["residual"]["warning"]:
                 log(f"WARNING: {metrics['residual']['warning']}")
     if audit_rows is not None:
-        metrics["audit_rows"] = audit_rows_summary(rows_before, target_share(purified, audit_rows, device), audit_rows)
+        if rows_after is None:
+            rows_after = target_share(purified, audit_rows, device)
+        metrics["audit_rows"] = audit_rows_summary(rows_before, rows_after, audit_rows)
         if log:
             log(metrics["audit_rows"]["summary"])
             if metrics["audit_rows"]["warning"]:
@@ -624,12 +627,14 @@ def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, check: HeldOutCh
                         ca_baseline=m["baseline"])
             ca_ok = not m["collapsed"]
         rows_ok = True
+        share = None
         if audit_rows is not None:
-            step["audit_rows_share"] = round(target_share(purified, audit_rows, device), 4)
-            rows_ok = step["audit_rows_share"] <= EVIDENCE_ABOVE
+            share = target_share(purified, audit_rows, device)
+            step["audit_rows_share"] = round(share, 4)
+            rows_ok = share <= EVIDENCE_ABOVE
         step["passed"] = bool(ca_ok and rows_ok and not res["evidence"])
         steps.append(step)
-        tried.append((purified, info, res, ca_ok))
+        tried.append((purified, info, res, ca_ok, share))
         if log:
             log(f"auto: {name}: residual evidence {describe(res)}"
                 + (f", the audit's injected rows called their class {step['audit_rows_share']:.1%}"
@@ -648,11 +653,13 @@ def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, check: HeldOutCh
         pick = max(ca_ok, key=lambda i: (-steps[i].get("audit_rows_share", 0.0),
                                          -(steps[i]["transfer_rate"] or 0.0) if steps[i]["transfer_decides"] else 0.0,
                                          steps[i]["smallest_to_median_l1"] or 0.0))
-    purified, info, res, _ = tried[pick]
+    purified, info, res, _, share = tried[pick]
     out = {k: v for k, v in info.items() if k not in ("method", "config", "seconds", "n_clean")}
     out.update(steps=steps, chosen=steps[pick]["method"], chosen_config=info["config"],
                passed=bool(steps[pick]["passed"]), residual_after=res, seconds=time.perf_counter() - t0,
                config={"sequence": list(cfg.sequence), "options": cfg.options})
+    if share is not None:
+        out["audit_rows_after"] = share
     if res_before is not None and not res_before["evidence"]:
         out["note"] = ("the input model shows no patch-like backdoor, so nc was skipped and the first method "
                        "within the clean-accuracy rule was kept; the estimate cannot confirm a blend- or "
