@@ -300,7 +300,10 @@ def main() -> None:
                    "ca_before": base["clean_acc"], "asr_before": base["asr"],
                    "ca_after": after["clean_acc"], "asr_after": after["asr"], "ra_after": after["ra"],
                    "seconds": seconds, "train_seconds": train_s,
-                   "optimizer_steps": info.get("optimizer_steps"), "epochs_run": info.get("epochs_run")}
+                   "optimizer_steps": info.get("optimizer_steps"), "epochs_run": info.get("epochs_run"),
+                   # what the method decided (TSBD's chosen share of channels, NPD's target, ...)
+                   "purification": json.loads(json.dumps({k: v for k, v in info.items() if k != "wrapper"},
+                                                         default=str))}
             if args.residual:
                 res = residual_of(purified, clean, args, reference=res_before)
                 res["agrees"] = agreement(after["asr"], res["evidence"])

@@ -1,9 +1,9 @@
 """The workflow vetset exists for, run for real: a `prefect server start`, a process work pool
 and a worker, the deployments of the repo's own prefect.yaml deployed with `prefect deploy
---all`; the nightly audit deployment run on a poisoned dataset, its completion event firing
-the curate-then-train deployment through the trigger in prefect.yaml, which runs to Completed
-and writes a model whose attack success rate is far below the undefended model's; then a
-clean dataset whose audit fires nothing. The timings are printed (`pytest -s`) and recorded in
+--all`; the nightly audit deployment run on a clean dataset, whose audit fires nothing, then
+on a poisoned one, its completion event firing the curate-then-train deployment through the
+trigger in prefect.yaml, which runs to Completed and writes a model whose attack success rate
+is far below the undefended model's. The timings are printed (`pytest -s`) and recorded in
 docs/flows.md."""
 from __future__ import annotations
 
@@ -111,7 +111,19 @@ def test_scheduled_audit_fires_curate_then_train_on_a_work_pool_and_a_clean_audi
         worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL],
                                   env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     try:
-        # 1. the audit deployment on the poisoned data: dirt found, the alert fires curate-then-train
+        # 1. a clean dataset first: the audit completes, says clean, and its event starts
+        # nothing (checked once the poisoned audit below has run: the trigger then had that
+        # whole audit's time, far more than it takes to fire, to start a run it must not)
+        t0 = time.perf_counter()
+        clean_run = run_audit(data["clean"])
+        wait_for(lambda: completed(clean_run["id"]), 300, "the audit of the clean data to complete")
+        timings["audit (clean)"] = time.perf_counter() - t0
+        (event,) = wait_for(lambda: completion_event(clean_run["id"]), 60, "the clean audit's completion event")
+        assert event["payload"]["verdict"]["status"] == "clean" and event["payload"]["alert"] is False
+        assert event["resource"]["vetset.alert"] == "false"
+        t_clean_event = time.perf_counter()
+
+        # 2. the audit deployment on the poisoned data: dirt found, the alert fires curate-then-train
         t0 = time.perf_counter()
         dirty_run = run_audit(data["dirty"])
         wait_for(lambda: completed(dirty_run["id"]), 300, "the audit of the poisoned data to complete")
@@ -123,6 +135,10 @@ def test_scheduled_audit_fires_curate_then_train_on_a_work_pool_and_a_clean_audi
         t_event = time.perf_counter()
         (cur,) = wait_for(lambda: runs_of(curate), 120, "the alert trigger to start curate-then-train")
         timings["event -> curate run created"] = time.perf_counter() - t_event
+        # the one run is the poisoned audit's; the clean audit's event, three times as old as
+        # the trigger took to fire here (and at least 15 s), started none
+        assert time.perf_counter() - t_clean_event > max(15.0, 3 * timings["event -> curate run created"])
+        assert [r["id"] for r in runs_of(curate)] == [cur["id"]], "a clean audit started curate-then-train"
         params = cur["parameters"]["params"]
         assert params["data"] == data["dirty"] and params["defense"] == "curate"
         assert params["scores"] == os.path.join(payload["run_dir"], "scores.parquet")
@@ -142,18 +158,7 @@ def test_scheduled_audit_fires_curate_then_train_on_a_work_pool_and_a_clean_audi
         assert undefended["asr"] > 0.5, undefended  # the poisoning works on this data
         assert curated["asr"] < 0.5 * undefended["asr"], (curated, undefended)
         assert curated["clean_acc"] > 0.7, curated
-
-        # 2. a clean dataset: the audit completes, says clean, and nothing is started
-        t0 = time.perf_counter()
-        clean_run = run_audit(data["clean"])
-        wait_for(lambda: completed(clean_run["id"]), 300, "the audit of the clean data to complete")
-        timings["audit (clean)"] = time.perf_counter() - t0
-        (event,) = wait_for(lambda: completion_event(clean_run["id"]), 60, "the clean audit's completion event")
-        assert event["payload"]["verdict"]["status"] == "clean" and event["payload"]["alert"] is False
-        assert event["resource"]["vetset.alert"] == "false"
-        # give the trigger three times as long as it took to fire on the dirty audit (at least 15 s)
-        time.sleep(max(15.0, 3 * timings["event -> curate run created"]))
-        assert [r["id"] for r in runs_of(curate)] == [cur["id"]], "a clean audit started curate-then-train"
+        assert [r["id"] for r in runs_of(curate)] == [cur["id"]]  # and still one run
     finally:
         stop_process(worker, 30)
     print("chain timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
