@@ -112,6 +112,10 @@ class Detector:
     def score(self, data: ImageDataset, ctx: AuditContext) -> DetectorResult:  # pragma: no cover
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Cheap checks of the options that need no data (a model that is not on disk...),
+        run by the CLI before any work starts: raise a one-line VetsetError. Default: none."""
+
     # Sharded scoring: ``prepare`` once (train a model, load a backend...), then
     # ``score_rows`` on shards (any order, any process), then ``finalize`` on all the scores.
     # The defaults fall back to one ``score`` call whose result the shards slice; a detector

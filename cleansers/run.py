@@ -18,6 +18,14 @@ def build_detector(name: str, options: dict[str, Any] | None = None):
     return cls(**(options or {}))
 
 
+def check_detectors(names: list[str], options: dict[str, dict[str, Any]] | None = None) -> None:
+    """Each detector's cheap option checks (``Detector.check``: a model not on disk...), before
+    any data is read or any detector runs: a one-line VetsetError instead of a failure after
+    the earlier detectors' work."""
+    for name in names:
+        build_detector(name, (options or {}).get(name)).check()
+
+
 def run_detector(name: str, ds: ImageDataset, ctx: AuditContext, options: dict[str, Any] | None = None) -> DetectorResult:
     detector = build_detector(name, options)
     readable = np.flatnonzero(~ds.unreadable)

@@ -16,6 +16,7 @@ import cleansers  # noqa: F401  (registers the detectors)
 import cleansers.pixel_stats  # noqa: F401  (outlier, also when cleansers/__init__ lacks it)
 from cleansers.audit import read_truth, write_outputs
 from cleansers.base import AuditContext, DetectorResult
+from cleansers.run import check_detectors
 from cleansers.fusion import FusionConfig, fuse_and_decide
 from pipelines.dataset import ImageDataset
 from pipelines.errors import VetsetError
@@ -140,6 +141,7 @@ def audit_flow(params: AuditParams = AuditParams()) -> AuditSummary:
 def _audit(params: AuditParams, lock: RunLock | None) -> AuditSummary:
     logger = get_run_logger()
     start = time.perf_counter()
+    check_detectors(params.detectors, params.detector_options)  # a deployment run has no CLI to check first
     ds = load_task(params)
     timings = {"load": time.perf_counter() - start}
     cache_dir = Path(params.cache_dir) if params.cache_dir else default_cache_dir(params.runs_root)

@@ -178,6 +178,24 @@ def test_trusted_set_reaches_the_detectors_and_keys_the_cache(prefect_harness, p
     assert probe2["n_trusted"] == 20 and probe2["rows_reused"] == 0
 
 
+def test_a_deployment_run_with_a_model_not_on_disk_fails_before_any_detector_runs(prefect_harness, poisoned_cifar,
+                                                                                  tmp_path, monkeypatch):
+    """A deployment's run has no CLI to check its options first: the flow checks every
+    detector's (Detector.check) before it loads the data or runs the first detector."""
+    from cleansers.base import DETECTORS
+    from flows.audit import audit_flow
+    from flows.params import AuditParams
+    from pipelines.errors import VetsetError
+
+    ran = []
+    monkeypatch.setattr(DETECTORS.get("abl"), "score", lambda self, data, ctx: ran.append("abl"))
+    params = AuditParams(data=poisoned_cifar["data"], detectors=["abl", "vdc"], out=str(tmp_path / "out"),
+                         detector_options={"vdc": {"model": str(tmp_path / "no-such-model")}})
+    with pytest.raises(VetsetError, match="no such model folder"):
+        audit_flow(params)
+    assert ran == [] and not (tmp_path / "out").exists()
+
+
 def test_cli_rejects_a_trusted_set_with_other_classes(tmp_path, poisoned_cifar):
     pq.write_table(pa.table({"image": pq.read_table(poisoned_cifar["data"]).column("image").slice(0, 5),
                              "label": pa.array([0, 1, 0, 1, 0], pa.int64())}), tmp_path / "t.parquet")

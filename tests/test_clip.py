@@ -5,6 +5,7 @@ checked without a pretrained model. Nothing is downloaded."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -219,19 +220,27 @@ def test_model_sources_that_are_not_on_disk_are_one_line_errors(tmp_path, tiny_c
         assert message in str(err.value) and "\n" not in str(err.value), (source, err.value)
 
 
-def test_cli_audit_with_clip_bad_model_is_one_line_and_the_flow_runs_it(tmp_path, cifar_dir, tiny_clip):
+def test_cli_audit_with_clip_bad_model_is_one_line_and_the_flow_runs_it(tmp_path, cifar_dir, tiny_clip,
+                                                                        prefect_server):
     from conftest import cifar_slice
 
     pq.write_table(cifar_slice(40), tmp_path / "data.parquet")
     bad = subprocess.run([sys.executable, "-m", "flows", "audit", "--data", str(tmp_path / "data.parquet"),
-                          "--detectors", "clip", "--set", "clip.model=ViT-B-32:openai", "--device", "cpu",
+                          "--detectors", "agpd,clip", "--set", "clip.model=ViT-B-32:openai", "--device", "cpu",
                           "--out", str(tmp_path / "bad")], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
     assert "not in the local cache" in (bad.stderr + bad.stdout)
+    # checked before any work (agpd, named first, never trained): no Prefect server started,
+    # no flow run, nothing written
+    assert "temporary server" not in bad.stderr + bad.stdout and "Flow run" not in bad.stderr + bad.stdout
+    assert not (tmp_path / "bad").exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_API_URL=prefect_server, PREFECT_HOME=str(tmp_path / "home"))  # the session's server
     ok = subprocess.run([sys.executable, "-m", "flows", "audit", "--data", str(tmp_path / "data.parquet"),
                          "--detectors", "clip,clip_knn", "--set", f"clip.model={tiny_clip}",
                          "--set", f"clip_knn.model={tiny_clip}", "--set", "clip_knn.k=5", "--device", "cpu",
-                         "--out", str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO, timeout=600)
+                         "--out", str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO, timeout=600,
+                        env=env)
     assert ok.returncode == 0, ok.stderr[-3000:]
     scores = pd.read_parquet(tmp_path / "run" / "scores.parquet")
     assert len(scores) == 40 and scores["clip_score"].between(0, 1).all() and scores["clip_knn_score"].notna().all()

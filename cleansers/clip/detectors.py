@@ -15,7 +15,7 @@ from trainers.accel import resolve_device
 
 from ..base import DETECTORS, AuditContext, Detector, DetectorResult
 from .embed import DEFAULT_CACHE_DIR, cached_image_embeddings, embed_classes, resolve_prompts
-from .model import ClipModel, load_clip
+from .model import ClipModel, check_model_options, load_clip
 from .scoring import Decision, knn_decision, zero_shot_decision
 
 
@@ -73,6 +73,9 @@ class ClipDetector(Detector):
         min_accuracy: float = 0.5  # zero-shot accuracy against the given labels below which nothing is flagged
         suggest_min: float = 0.5  # a flagged row's suggested label needs this probability
 
+    def check(self) -> None:
+        check_model_options(self.config.model, arch=self.config.arch, dtype=self.config.dtype)
+
     def score(self, data: ImageDataset, ctx: AuditContext) -> DetectorResult:
         cfg = self.config
         n = len(data)
@@ -108,6 +111,9 @@ class ClipKnnDetector(Detector):
         min_accuracy: float = 0.5  # vote accuracy against the given labels below which nothing is flagged
         suggest_min: float = 0.5  # a flagged row's suggested label needs this share of the neighbours
         near_duplicates: bool = True  # Datalab's near-duplicate sets (how many carry different labels)
+
+    def check(self) -> None:
+        check_model_options(self.config.model, arch=self.config.arch, dtype=self.config.dtype)
 
     def score(self, data: ImageDataset, ctx: AuditContext) -> DetectorResult:
         cfg = self.config

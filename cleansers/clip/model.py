@@ -184,6 +184,13 @@ def _pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
+def check_model_options(model: str, *, arch: str | None = None, dtype: str = "auto") -> None:
+    """Before any work: ``model``'s files are on disk (nothing is loaded) and ``dtype`` is one
+    vetset knows; a one-line VetsetError otherwise."""
+    resolve_source(model, arch)
+    _pick_dtype(dtype, torch.device("cpu"))
+
+
 def load_clip(model: str, *, arch: str | None = None, device: str | torch.device = "cpu",
               dtype: str = "auto") -> ClipModel:
     """Load ``model`` (see the module docstring) on ``device``, in eval mode."""

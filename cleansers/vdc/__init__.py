@@ -53,6 +53,20 @@ class VDCDetector(Detector):
         dtype: str = "auto"  # bf16 on GPU, fp32 on CPU
         trust_remote_code: bool = False
 
+    def check(self) -> None:
+        from .backends import require_local
+
+        cfg = self.config
+        if not 0 < cfg.alpha <= 1:
+            raise VetsetError("vdc alpha must be in (0, 1]")
+        if cfg.judge not in ("embedding", "llm", "none"):
+            raise VetsetError(f"vdc judge {cfg.judge!r}: use embedding, llm or none")
+        require_local(cfg.model)
+        if cfg.judge == "llm":
+            if not cfg.judge_model:
+                raise VetsetError("vdc judge='llm' needs judge_model=PATH (a local causal LM)")
+            require_local(cfg.judge_model, "judge_model")
+
     def _judge(self, device: str):
         cfg = self.config
         if cfg.judge == "none":

@@ -45,6 +45,7 @@ def run_audit_cli(params) -> Any:
     """Validate the inputs (nothing is written when they are bad), run the flow, print where
     the results are."""
     from cleansers.audit import read_truth
+    from cleansers.run import check_detectors
 
     from pipelines.loaders import validate_source
     from pipelines.outputs import check_writable
@@ -54,6 +55,7 @@ def run_audit_cli(params) -> Any:
 
     validate_source(params.data, load_options(params))
     check_writable(params.out or Path(params.runs_root) / "run")
+    check_detectors(params.detectors, params.detector_options)  # a model not on disk: before Prefect starts
     if params.truth:
         read_truth(params.truth)
     if params.trusted:
