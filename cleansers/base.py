@@ -114,7 +114,8 @@ class Detector:
 
     def check(self) -> None:
         """Cheap checks of the options that need no data (a model that is not on disk...),
-        run by the CLI before any work starts: raise a one-line VetsetError. Default: none."""
+        run before any work (the CLI: before Prefect starts; the audit flow: before it loads
+        the data): raise a one-line VetsetError. Default: none."""
 
     # Sharded scoring: ``prepare`` once (train a model, load a backend...), then
     # ``score_rows`` on shards (any order, any process), then ``finalize`` on all the scores.

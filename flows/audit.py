@@ -16,8 +16,8 @@ import cleansers  # noqa: F401  (registers the detectors)
 import cleansers.pixel_stats  # noqa: F401  (outlier, also when cleansers/__init__ lacks it)
 from cleansers.audit import read_truth, write_outputs
 from cleansers.base import AuditContext, DetectorResult
-from cleansers.run import check_detectors
 from cleansers.fusion import FusionConfig, fuse_and_decide
+from cleansers.run import check_detectors
 from pipelines.dataset import ImageDataset
 from pipelines.errors import VetsetError
 from pipelines.loaders import LoadOptions, load_dataset
