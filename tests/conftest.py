@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import time
 from pathlib import Path
 
@@ -12,6 +13,24 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The suite runs in two pytest-xdist workers on the 2-core CI machine (pyproject's addopts),
+# one test file per worker at a time. While both workers train, each waiting torch thread
+# would spin on a core the other worker needs; OpenMP's passive wait lets it sleep instead
+# (it changes no result, only how idle threads wait). Subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# The slowest files first (measured serially on the 2-core CI machine, docs/benchmarks.md
+# "The test suite's time"), so that the two workers end together instead of one starting
+# the slowest file while the other has nothing left.
+SLOW_FILES_FIRST = ("test_purify.py", "test_workflow_chain.py", "test_audit_flow.py", "test_accel.py",
+                    "test_gpu_suite.py", "test_detectors.py", "test_defenses.py", "test_output_faults.py",
+                    "test_flows_resume.py", "test_distributed.py", "test_clip.py", "test_prefect_modes.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 CIFAR_DIR = next((p for p in (REPO.parent / "shared/data/cifar10", REPO / ".device-data/cifar10") if p.exists()),
                  REPO.parent / "shared/data/cifar10")
 
