@@ -2,7 +2,7 @@
 (tests/test_accel.py, test_detectors.py, test_defenses.py): what the tests' tolerances were
 chosen from. Prints one JSON line per (seed, threads) and a table.
 
-    python benchmarks/forced_switches.py --seeds 0,1,2 --threads 1,2
+    python benchmarks/forced_switches.py --seeds 0,1,2 --threads 1,2 [--parts trainer,detectors,pdb]
 
 trainer: (CA, ASR) of the small CNN trained fp32 eager and forced (bf16 autocast + fused SGD +
 channels_last + torch.compile), model seed = seed. agpd / sentinet: the same detection model,
@@ -34,32 +34,46 @@ from trainers.train import train_defended  # noqa: E402
 ALL = ("amp", "channels_last", "compile", "fused")
 
 
-def measure(seed: int, threads: int) -> dict:
-    from scipy.stats import spearmanr
+PARTS = ("trainer", "detectors", "pdb")
 
+
+def measure(seed: int, threads: int, parts: tuple[str, ...] = PARTS) -> dict:
     torch.set_num_threads(threads)
     out = {"seed": seed, "threads": threads}
-    # trainer (tests/test_accel.py setup, model seed varied)
     ds = load_digits_rgb(size=16)
+    if "trainer" in parts:
+        out["trainer"] = _trainer(ds, seed)
+    if "detectors" in parts:
+        out.update(_detectors(ds, seed))
+    if "pdb" in parts:
+        out["pdb"] = _pdb(seed)
+    return out
+
+
+def _trainer(ds, seed: int) -> dict:
+    """tests/test_accel.py's setup, model seed varied: the 1,152 whole batches of 1,200 rows."""
     perm = np.random.default_rng(0).permutation(len(ds))
     sim = simulate(
         ds.subset(perm[:1200]),
         SimulationSpec(attack="badnets", poison_rate=0.1, target=0, seed=1),
     )
     test = ds.subset(perm[1200:])
+    cfg = preset("cpu_small", epochs=6, device="cpu", seed=seed)
+    n = len(sim.dataset.labels) // cfg.batch_size * cfg.batch_size
     r = {}
     for mode, sw in (("fp32", ()), ("forced", ALL)):
         with force(*sw):
             m = build_model("small_cnn", 10, (16, 16), seed=seed)
-            fit(
-                m,
-                sim.dataset.images,
-                sim.dataset.labels,
-                preset("cpu_small", epochs=6, device="cpu", seed=seed),
-            )
+            fit(m, sim.dataset.images[:n], sim.dataset.labels[:n], cfg)
             e = evaluate(m, test, sim.trigger)
             r[mode] = (round(e["clean_acc"], 3), round(e["asr"], 3))
-    out["trainer"] = r
+    return r
+
+
+def _detectors(ds, seed: int) -> dict:
+    from scipy.stats import spearmanr
+
+    out = {}
     # detectors (tests/test_detectors.py setup, ctx seed varied)
     sim2 = simulate(
         ds, SimulationSpec(attack="badnets", poison_rate=0.1, target=0, seed=1)
@@ -103,7 +117,11 @@ def measure(seed: int, threads: int) -> dict:
         ],
         tpr=round(float(t.flag[pois].mean()), 3),
     )
-    # PDB (tests/test_defenses.py setup, seed varied)
+    return out
+
+
+def _pdb(seed: int) -> dict:
+    """tests/test_defenses.py's setup, seed varied."""
     ds32 = load_digits_rgb()
     perm = np.random.default_rng(0).permutation(len(ds32))
     sim3 = simulate(
@@ -125,19 +143,22 @@ def measure(seed: int, threads: int) -> dict:
             )
             e = evaluate(mdl, test3, sim3.trigger)
             r[mode] = (round(e["clean_acc"], 3), round(e["asr"], 3))
-    out["pdb"] = r
-    return out
+    return r
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--threads", default="1,2")
+    p.add_argument("--parts", default=",".join(PARTS), help="which setups to measure")
     args = p.parse_args(argv)
+    parts = tuple(x for x in args.parts.split(",") if x)
+    if not parts or set(parts) - set(PARTS):
+        p.error(f"--parts takes a comma-separated subset of {', '.join(PARTS)}")
     rows = []
     for t in [int(x) for x in args.threads.split(",")]:
         for s in [int(x) for x in args.seeds.split(",")]:
-            rows.append(measure(s, t))
+            rows.append(measure(s, t, parts))
             print(json.dumps(rows[-1]), flush=True)
     print(
         "\n| seed | threads | trainer CA fp32 / forced | trainer ASR fp32 / forced | AGPD same class | AGPD rank corr "
@@ -145,13 +166,18 @@ def main(argv=None) -> int:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        tr, ag, se, pd_ = r["trainer"], r["agpd"], r["sentinet"], r["pdb"]
-        print(
-            f"| {r['seed']} | {r['threads']} | {tr['fp32'][0]:.3f} / {tr['forced'][0]:.3f} | "
-            f"{tr['fp32'][1]:.3f} / {tr['forced'][1]:.3f} | {ag['argmax'][0] == ag['argmax'][1]} | {ag['rho']:.3f} | "
-            f"{ag['auroc'][0]:.3f} / {ag['auroc'][1]:.3f} | {se['jaccard']:.3f} | {pd_['fp32'][0]:.3f} / "
-            f"{pd_['forced'][0]:.3f} | {pd_['fp32'][1]:.3f} / {pd_['forced'][1]:.3f} |"
-        )
+        cells = ["-"] * 8
+        if "trainer" in r:
+            tr = r["trainer"]
+            cells[0:2] = [f"{tr['fp32'][0]:.3f} / {tr['forced'][0]:.3f}", f"{tr['fp32'][1]:.3f} / {tr['forced'][1]:.3f}"]
+        if "agpd" in r:
+            ag, se = r["agpd"], r["sentinet"]
+            cells[2:6] = [str(ag["argmax"][0] == ag["argmax"][1]), f"{ag['rho']:.3f}",
+                          f"{ag['auroc'][0]:.3f} / {ag['auroc'][1]:.3f}", f"{se['jaccard']:.3f}"]
+        if "pdb" in r:
+            pd_ = r["pdb"]
+            cells[6:8] = [f"{pd_['fp32'][0]:.3f} / {pd_['forced'][0]:.3f}", f"{pd_['fp32'][1]:.3f} / {pd_['forced'][1]:.3f}"]
+        print(f"| {r['seed']} | {r['threads']} | " + " | ".join(cells) + " |")
     return 0
 
 

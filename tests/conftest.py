@@ -20,17 +20,23 @@ REPO = Path(__file__).resolve().parents[1]
 # (it changes no result, only how idle threads wait). Subprocesses inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# The slowest files first (measured serially on the 2-core CI machine, docs/benchmarks.md
-# "The test suite's time"), so that the two workers end together instead of one starting
-# the slowest file while the other has nothing left.
-SLOW_FILES_FIRST = ("test_purify.py", "test_workflow_chain.py", "test_audit_flow.py", "test_accel.py",
-                    "test_gpu_suite.py", "test_detectors.py", "test_defenses.py", "test_output_faults.py",
-                    "test_flows_resume.py", "test_distributed.py", "test_clip.py", "test_prefect_modes.py")
+# The files by their time, slowest first (two workers, measured on the 2-core CI machine:
+# docs/benchmarks.md "The test suite's time"), so that the two workers end together instead
+# of one starting a slow file while the other has nothing left. Files not named run last.
+SLOW_FILES_FIRST = (
+    "test_purify.py", "test_workflow_chain.py", "test_detectors.py", "test_defenses.py", "test_audit_flow.py",
+    "test_output_faults.py", "test_accel.py", "test_distributed.py", "test_gpu_suite.py", "test_flows_resume.py",
+    "test_vdc.py", "test_clip.py", "test_trainers.py", "test_prefect_modes.py", "test_selection.py",
+    "test_checkpoints.py", "test_bench.py", "test_flows_cache.py", "test_flows_serve.py", "test_ingest_fuzz.py",
+    "test_flows_dask.py", "test_report_browser.py", "test_threads.py",
+)
 
 
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 CIFAR_DIR = next((p for p in (REPO.parent / "shared/data/cifar10", REPO / ".device-data/cifar10") if p.exists()),
                  REPO.parent / "shared/data/cifar10")
 

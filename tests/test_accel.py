@@ -197,18 +197,24 @@ def test_the_trainer_with_every_gpu_switch_forced_matches_fp32_eager(digits_spli
     from trainers import build_model, evaluate, fit, predict_logits, preset
 
     sim, test = digits_split
+    cfg = preset("cpu_small", epochs=6, device="cpu")
+    # whole batches only (1,152 of the 1,200 rows): a last, smaller batch makes torch.compile
+    # build the training graph a second time, ~40 s of gcc on a cold 2-core CI machine
+    n = len(sim.dataset.labels) // cfg.batch_size * cfg.batch_size
+    images, labels = sim.dataset.images[:n], sim.dataset.labels[:n]
     results = {}
     for mode, switched in (("fp32", ()), ("forced", ALL)):
         with force(*switched):
             model = build_model("small_cnn", 10, (16, 16), seed=0)
-            res = fit(model, sim.dataset.images, sim.dataset.labels, preset("cpu_small", epochs=6, device="cpu"))
+            res = fit(model, images, labels, cfg)
             results[mode] = (evaluate(model, test, sim.trigger), res, model)
     (fp, _, _), (fo, fo_res, fo_model) = results["fp32"], results["forced"]
     print(f"fp32 CA {fp['clean_acc']:.3f} ASR {fp['asr']:.3f}; forced CA {fo['clean_acc']:.3f} ASR {fo['asr']:.3f}")
-    # measured (model seeds 0-2 x 1/2 threads): CA fp32 0.853-0.899, forced 0.848-0.893,
-    # |difference| <= 0.021; ASR fp32 0.87-0.99, forced 0.82-0.99
+    # measured on the 1,152 rows (benchmarks/forced_switches.py --parts trainer, model seeds 0-2
+    # x 1/2 threads, AVX2): CA fp32 0.848-0.883, forced 0.874-0.894, |difference| <= 0.041;
+    # ASR fp32 0.767-0.961, forced 0.741-0.957 (a model that missed the backdoor: ~0.1)
     assert fo["clean_acc"] > 0.75 and abs(fo["clean_acc"] - fp["clean_acc"]) < 0.08, (fp, fo)
-    assert fo["asr"] > 0.7 and fp["asr"] > 0.7
+    assert fo["asr"] > 0.6 and fp["asr"] > 0.6, (fp, fo)
     # the weights trained under compile are the module's own (a compiled copy would leave
     # them at their initial values): the eager forward of the forced model agrees with it
     with force():
