@@ -32,7 +32,8 @@ class FTSAMConfig:
 
 
 # CPU: 500 steps (published 1,000 steps of batch 256; ~0.55 s a step on the small CNN at one thread,
-# ~0.33 s on preact_resnet_small at two: 164 s; 900 steps left BadNets / the patch at 12-13% ASR)
+# ~0.33 s on preact_resnet_small at two: 164 s, 0.6-0.8 s on a CPU without AVX-512; 900 steps left
+# BadNets / the patch at 12-13% ASR, and so did every rho up to 6; rho 8 cost 7-9 CA points: docs/benchmarks.md)
 @register("ftsam", FTSAMConfig, "fine-tuning with adaptive sharpness-aware minimisation", cpu={"steps": 500})
 def purify_ftsam(model, clean, cfg: FTSAMConfig, *, device, seed, log):
     images, labels = clean_arrays(clean)
