@@ -28,6 +28,15 @@ median at ASR 0-0.7%). The transferred trigger tracked the true ASR (digits: 0.9
 independent after NC, which unlearns triggers reversed the same way: on a digits Blended
 model NC left ASR 0.99 while the transferred trigger moved 0% of the rows.
 
+When the input model showed no evidence, a small mask that the fresh reversal finds only on
+the purified model is recorded (``mask_only_after``) but is not evidence: purification trains
+on clean rows and plants no trigger, and the models it leaves are easier to reverse. Measured
+on a CIFAR-10 residual net trained without any poison (docs/benchmarks.md, "Purifying a clean
+model"): 0.79 of the median before, 0.33 after TSBD's CPU profile (which said "class truck,
+the model is probably still backdoored" before this rule), 0.44 after FT-SAM, 0.62-0.63 after
+SAU and NPD. The cost: a patch trigger that the input model's reversal missed and that a
+purification made easier to reverse would be missed after too.
+
 What it cannot see: triggers that no small mask reproduces (a blend over the whole image,
 a warp) leave no small reversed mask; "none" then means "no patch-like backdoor found",
 and the report says which kind of evidence was looked for.
@@ -115,7 +124,7 @@ def residual_estimate(model: nn.Module, clean: ImageDataset, cfg: ResidualConfig
         cls = transfer_class if evidence else None
         return {"evidence": bool(evidence), "class": cls,
                 "class_name": (names[cls] if cls < len(names) else str(cls)) if cls is not None else None,
-                "reversal_evidence": None, "fresh_reversal": False, **common,
+                "reversal_evidence": None, "fresh_reversal": False, "mask_only_after": False, **common,
                 "_trigger": None, "smallest_to_median_l1": None, "smallest_class": None,
                 "smallest_class_name": None, "smallest_mask_l1": None, "smallest_to_next_l1": None,
                 "anomaly_index": None, "nc_published_call": None, "reversal_reached": None, "mask_l1": None,
@@ -132,17 +141,23 @@ def residual_estimate(model: nn.Module, clean: ImageDataset, cfg: ResidualConfig
     gap = float(found["smallest_to_next_l1"])
     ratio = float(found["smallest_to_median_l1"])
     reversal = reached and ratio <= cfg.threshold
+    only_after = False
     if decides:  # the input model's trigger decides (see the module docstring)
         evidence = transfer >= cfg.transfer_threshold
         cls = transfer_class if evidence else None
+    elif reference is not None and not reference.get("evidence"):
+        # the input model showed no patch-like trigger: purification trains on clean rows and
+        # plants none, so a small mask found only now is the purified model's own fragility
+        # (see the module docstring), recorded but not evidence
+        evidence, cls, only_after = False, None, reversal
     else:
         evidence = reversal
         cls = k if reversal else None
     trigger = found["triggers"][k]
     return {"evidence": bool(evidence), "class": cls,
             "class_name": (names[cls] if cls < len(names) else str(cls)) if cls is not None else None,
-            "reversal_evidence": bool(reversal), "fresh_reversal": True, **common,
-            "_trigger": (trigger["mask"].cpu(), trigger["pattern"].cpu()),
+            "reversal_evidence": bool(reversal), "fresh_reversal": True, "mask_only_after": bool(only_after),
+            **common, "_trigger": (trigger["mask"].cpu(), trigger["pattern"].cpu()),
             "smallest_to_median_l1": ratio,
             "smallest_class": k, "smallest_class_name": names[k] if k < len(names) else str(k),
             "smallest_mask_l1": float(l1[k]), "smallest_to_next_l1": gap,
@@ -199,4 +214,7 @@ def describe(est: dict | None) -> str:
         return f"class {est['class_name']} ({detail})"
     if est.get("smallest_class") is None:
         return f"none ({detail})"
+    if est.get("mask_only_after"):
+        return (f"none (a small reversed mask for class {est.get('smallest_class_name', est['smallest_class'])} "
+                f"appeared only after purification, {detail}; the input model showed none, so it is not counted)")
     return f"none (smallest reversed mask: class {est.get('smallest_class_name', est['smallest_class'])}, {detail})"
