@@ -199,13 +199,13 @@ def test_residual_estimate_reads_the_backdoor_before_and_after_and_auto_stops_on
     assert "trigger reversed from the input model" in stays["residual"]["warning"]
 
 
-def test_residual_estimate_does_not_count_a_mask_found_only_after_purification(digits_setup, clean_digits_model):
+def test_residual_estimate_marks_a_mask_found_only_after_purification(digits_setup, clean_digits_model):
     """When the input model showed no patch-like trigger, a small reversed mask on the model
-    after purification is recorded, not evidence: purification trains on clean rows and plants
-    no trigger (a clean CIFAR-10 net after TSBD read 0.33 of the median: "probably still
-    backdoored"). Here the reference is a real estimate of a clean model and the model read
-    after it is the backdoored one, whose class-0 mask the reversal finds: alone it is evidence,
-    after a reference that showed none it is recorded as ``mask_only_after``.
+    after purification is still evidence, marked ``mask_only_after``, and the warning says what
+    else it may be: the purified model's fragility (a clean CIFAR-10 net after TSBD read 0.33 of
+    the median) or a backdoor the input model hid and purification strengthened (digits SIG
+    after SAU). Here the reference is a real estimate of a clean model and the model read after
+    it is the backdoored one, whose class-0 mask the reversal finds.
 
     The cut is 0.2 of the median here (0.4 by default): measured with this schedule (AVX2, model
     seeds 0-3, 1 and 2 threads), the backdoored models read 0.04-0.10 and the clean ones (seeds
@@ -217,15 +217,14 @@ def test_residual_estimate_does_not_count_a_mask_found_only_after_purification(d
     rc = ResidualConfig(rows=40, steps_per_class=120, batch_size=10, threshold=0.2)
     clean, model = digits_setup["clean"], digits_setup["model"]
     before = residual_estimate(clean_digits_model, clean, rc, device="cpu", seed=0)
-    assert not before["evidence"], describe(before)
+    assert not before["evidence"] and not before["mask_only_after"], describe(before)
     after = residual_estimate(model, clean, rc, device="cpu", seed=0, reference=before)
     assert not after["transfer_decides"], after  # the reference showed no evidence: its trigger does not decide
-    # the reversal found the planted class-0 trigger (alone, this is evidence: the auto test above)
-    assert after["reversal_evidence"] and after["smallest_class"] == 0, describe(after)
-    assert not after["evidence"] and after["class"] is None and after["mask_only_after"], describe(after)
+    assert after["evidence"] and after["class"] == 0 and after["mask_only_after"], describe(after)
     assert "appeared only after purification" in describe(after)
     summary = residual_summary(before, after)
-    assert not summary["still_backdoored"] and summary["warning"] is None, summary
+    assert summary["still_backdoored"], summary
+    assert "did not show" in summary["warning"] and "strengthened" in summary["warning"], summary["warning"]
 
 
 def test_npd_on_the_cpu_profile_aims_at_the_class_the_residual_estimate_names(digits_setup):

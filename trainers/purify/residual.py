@@ -29,13 +29,11 @@ independent after NC, which unlearns triggers reversed the same way: on a digits
 model NC left ASR 0.99 while the transferred trigger moved 0% of the rows.
 
 When the input model showed no evidence, a small mask that the fresh reversal finds only on
-the purified model is recorded (``mask_only_after``) but is not evidence: purification trains
-on clean rows and plants no trigger, and the models it leaves are easier to reverse. Measured
-on a CIFAR-10 residual net trained without any poison (docs/benchmarks.md, "Purifying a clean
-model"): 0.79 of the median before, 0.33 after TSBD's CPU profile (which said "class truck,
-the model is probably still backdoored" before this rule), 0.44 after FT-SAM, 0.62-0.63 after
-SAU and NPD. The cost: a patch trigger that the input model's reversal missed and that a
-purification made easier to reverse would be missed after too.
+the purified model is evidence, marked ``mask_only_after``: it is either the purified model's
+fragility (a CIFAR-10 residual net trained without any poison read 0.79 of the median before,
+0.33 after TSBD's CPU profile and 0.36 after FT-SAM: false alarms) or a backdoor the input model
+hid and purification strengthened (digits SIG, seed 0: ASR 0.24 and 0.71 before, 0.99 and 0.33
+after SAU); docs/benchmarks.md, "Purifying a clean model". The summary's warning says both.
 
 What it cannot see: triggers that no small mask reproduces (a blend over the whole image,
 a warp) leave no small reversed mask; "none" then means "no patch-like backdoor found",
@@ -145,12 +143,10 @@ def residual_estimate(model: nn.Module, clean: ImageDataset, cfg: ResidualConfig
     if decides:  # the input model's trigger decides (see the module docstring)
         evidence = transfer >= cfg.transfer_threshold
         cls = transfer_class if evidence else None
-    elif reference is not None and not reference.get("evidence"):
-        # the input model showed no patch-like trigger: purification trains on clean rows and
-        # plants none, so a small mask found only now is the purified model's own fragility
-        # (see the module docstring), recorded but not evidence
-        evidence, cls, only_after = False, None, reversal
     else:
+        # the fresh reversal decides; a small mask the input model did not show is marked, so
+        # that the summary can say what else it may be (see the module docstring)
+        only_after = reversal and reference is not None and not reference.get("evidence")
         evidence = reversal
         cls = k if reversal else None
     trigger = found["triggers"][k]
@@ -211,10 +207,9 @@ def describe(est: dict | None) -> str:
                      f"clean rows to class {est['transfer_class_name']}")
     detail = "; ".join(parts)
     if est["evidence"]:
+        if est.get("mask_only_after"):
+            detail += "; it appeared only after purification: the input model showed none"
         return f"class {est['class_name']} ({detail})"
     if est.get("smallest_class") is None:
         return f"none ({detail})"
-    if est.get("mask_only_after"):
-        return (f"none (a small reversed mask for class {est.get('smallest_class_name', est['smallest_class'])} "
-                f"appeared only after purification, {detail}; the input model showed none, so it is not counted)")
     return f"none (smallest reversed mask: class {est.get('smallest_class_name', est['smallest_class'])}, {detail})"

@@ -676,6 +676,12 @@ def residual_summary(before: dict | None, after: dict, method: str | None = None
         warning = (f"backdoor evidence remains after purification: the trigger reversed from the input model still "
                    f"sends {after['transfer_rate']:.0%} of the other classes' clean rows to class "
                    f"{after['class_name']}; the model is probably still backdoored")
+    elif after["evidence"] and after.get("mask_only_after"):
+        warning = (f"backdoor evidence after purification: class {after['class_name']} is reached by a reversed mask "
+                   f"of {after['smallest_mask_l1']:.1f} px ({after['smallest_to_median_l1']:.2f} of the other classes' "
+                   "median) that the input model did not show; either purification left the model easier to reverse "
+                   "(seen on clean models) or it strengthened a backdoor the input model hid (seen after SAU); "
+                   "check with the trigger if you have it")
     elif after["evidence"]:
         warning = (f"backdoor evidence remains after purification: class {after['class_name']} is still reached by "
                    f"a reversed mask of {after['smallest_mask_l1']:.1f} px "
