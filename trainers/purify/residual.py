@@ -31,7 +31,7 @@ model NC left ASR 0.99 while the transferred trigger moved 0% of the rows.
 When the input model showed no evidence, a small mask that the fresh reversal finds only on
 the purified model is evidence, marked ``mask_only_after``: it is either the purified model's
 fragility (a CIFAR-10 residual net trained without any poison read 0.79 of the median before,
-0.33 after TSBD's CPU profile and 0.36 after FT-SAM: false alarms) or a backdoor the input model
+0.33 after TSBD's CPU profile and 0.36 after auto's FT-SAM: false alarms) or a backdoor the input model
 hid and purification strengthened (digits SIG, seed 0: ASR 0.24 and 0.71 before, 0.99 and 0.33
 after SAU); docs/benchmarks.md, "Purifying a clean model". The summary's warning says both.
 
