@@ -572,7 +572,10 @@ def test_the_audits_injected_rows_measure_the_backdoor_without_the_trigger(prefe
     assert code == 0, printed.err
     cli = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert cli["audit_rows"]["summary"] in printed.out and "WARNING: the purified model still puts" in printed.out
-    for method, options in (("ft", {"epochs": 2}), ("npd", {"warmup_steps": 0, "steps": 40, "batch_size": 25})):
+    # NPD at the published radius 3.0: the CPU profile's 6.0 turns even the memorised rows (the
+    # share 1.00 -> 0.00, test ASR 0.004), which would leave no case of the share erring high
+    npd3 = {"warmup_steps": 0, "steps": 40, "batch_size": 25, "radius": 3.0}
+    for method, options in (("ft", {"epochs": 2}), ("npd", npd3)):
         m = cli if method == "ft" else purify_and_save(method=method, out=tmp_path / method, options=options,
                                                         profile="cpu", **kw)
         rows = m["audit_rows"]
@@ -596,8 +599,7 @@ def test_the_audits_injected_rows_measure_the_backdoor_without_the_trigger(prefe
     # keeps the step with the smallest share, and the share reported is that step's
     from trainers.purify.residual import ResidualConfig
     auto = purify_and_save(method="auto", out=None, profile="cpu",
-                           options={"sequence": "ft,npd", "ft.epochs": 2, "npd.warmup_steps": 0, "npd.steps": 40,
-                                    "npd.batch_size": 25},
+                           options={"sequence": "ft,npd", "ft.epochs": 2, **{f"npd.{k}": v for k, v in npd3.items()}},
                            **{**kw, "residual": ResidualConfig(rows=40, steps_per_class=120, batch_size=10)})
     steps, rows = auto["purification"]["steps"], auto["audit_rows"]
     assert [s["method"] for s in steps] == ["ft", "npd"] and not auto["purification"]["passed"], steps
