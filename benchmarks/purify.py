@@ -17,6 +17,12 @@ own augmentation settings. ``--threads 1`` pins torch to one thread:
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/purify.py --data ../shared/data/cifar10 \
         --cpu-slice 6000 --device cpu --threads 1 --out /tmp/purify_cpu.json
+
+``--audit`` runs the default audit on each poisoned training set first (as a user runs
+``vetset audit`` before ``vetset purify --audit RUN``; the simulation's truth only scores it)
+and gives its run folder to every method: the class it names is NPD's and SAU's target, and
+``--method auto`` runs its class-aimed step (NPD) and checks each step against the audit's
+flagged rows. docs/benchmarks.md, "`--method auto` with the audit", has the command.
 """
 from __future__ import annotations
 
@@ -42,7 +48,7 @@ from pipelines.simulate import SimulationSpec, simulate  # noqa: E402
 from trainers import build_model, evaluate, fit, preset, resolve_device  # noqa: E402
 from trainers.purify import PURIFIERS, purify  # noqa: E402
 from trainers.purify.base import make_config, profile_options  # noqa: E402
-from trainers.purify.run import balanced_subset, resolve_estimated_target, strip_rates  # noqa: E402
+from trainers.purify.run import audit_target, balanced_subset, resolve_estimated_target, strip_rates  # noqa: E402
 from trainers.train import channel_stats  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -95,22 +101,23 @@ def residual_of(model, clean, args, reference: dict | None = None) -> dict:
 
 def run_auto(model, arch: str, clean, test, trigger, schedules: dict, rcfg, device, seed: int,
              extra: dict | None = None, arch_kwargs: dict | None = None, training_rows=None,
-             profile: str = "published"):
+             profile: str = "published", audit=None):
     """``--method auto`` as ``vetset purify`` runs it (10% of the clean rows held out for the
     clean-accuracy rule; the residual estimate ``rcfg`` decides), with ``schedules`` (method ->
     options) for its steps and ``extra`` auto options (e.g. ``sequence``); prints the steps.
     ``training_rows``: the digests of the rows the model was trained on, saved with it as
     ``vetset train`` saves them, so the clean-accuracy rule knows which clean rows it fitted.
     ``profile``: the methods' schedules under ``schedules`` ("cpu" or "published").
+    ``audit``: an audit's run folder of the model's training set (``vetset purify --audit``).
     Returns the kept model and an info dict (steps, chosen, passed). benchmarks/residual.py
     calls it too."""
     with tempfile.TemporaryDirectory(prefix="purify-auto-") as tmp:
         return _run_auto(Path(tmp), model, arch, clean, test, trigger, schedules, rcfg, device, seed, extra,
-                         arch_kwargs, training_rows, profile)
+                         arch_kwargs, training_rows, profile, audit)
 
 
 def _run_auto(tmp: Path, model, arch, clean, test, trigger, schedules, rcfg, device, seed, extra, arch_kwargs,
-              training_rows, profile):
+              training_rows, profile, audit=None):
     from trainers import load_model, save_model
     from trainers.purify.run import auto_config, purify_and_save
 
@@ -121,14 +128,15 @@ def _run_auto(tmp: Path, model, arch, clean, test, trigger, schedules, rcfg, dev
     opts = {f"{m}.{k}": v for m in seq for k, v in schedules.get(m, {}).items()}
     opts.update(extra or {})
     m = purify_and_save(clean=clean, method="auto", out=tmp / "out", model_dir=src, test=test, trigger=trigger,
-                        options=opts, device=device, seed=seed, log=None, residual=rcfg, profile=profile)
+                        options=opts, device=device, seed=seed, log=None, residual=rcfg, profile=profile,
+                        audit=audit)
     p = m["purification"]
     steps = "; ".join(f"{s['method']} {'kept' if s['method'] == p['chosen'] else 'next'} "
                       f"(transfer {s['transfer_rate'] if s['transfer_rate'] is None else round(s['transfer_rate'], 2)}, "
                       f"CA drop {s.get('ca_drop', float('nan')):+.3f}, {s['seconds']:.0f}s)" for s in p["steps"])
     print(f"    auto steps: {steps}; passed {p['passed']}", flush=True)
     return load_model(tmp / "out"), {"steps": p["steps"], "chosen": p["chosen"], "passed": p["passed"],
-                                     "optimizer_steps": None, "epochs_run": None}
+                                     "skipped": p.get("skipped", []), "optimizer_steps": None, "epochs_run": None}
 
 
 def injected_rows(sim):
@@ -152,6 +160,33 @@ def target_rate(model, rows, device) -> float | None:
     from trainers.purify.audit_rows import target_share
 
     return None if rows is None else target_share(model, rows, device)
+
+
+def run_default_audit(sim, folder: Path, device, seed: int) -> Path:
+    """The default audit (``vetset audit``'s detectors, no trusted set, rate not given) of the
+    poisoned training set the model was trained on, as a user runs it before ``vetset purify
+    --audit``: the set is written losslessly (PNG) to ``folder``/data.parquet and audited from
+    there, so the purify run can read the audit's flagged rows back. Returns the audit's run
+    folder; an existing one (same key) is reused."""
+    from cleansers import DEFAULT_DETECTORS
+    from cleansers.audit import run_audit
+    from cleansers.base import AuditContext
+    from pipelines.outputs import RunPaths
+    from pipelines.parquet_io import write_dataset_parquet
+    from pipelines.verdict import VERDICT, read_verdict
+
+    run = folder / "audit"
+    if not (run / VERDICT).exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_dataset_parquet(sim.dataset, folder / "data.parquet")
+        ds = load_dataset(folder / "data.parquet")
+        t0 = time.perf_counter()
+        run_audit(ds, list(DEFAULT_DETECTORS), RunPaths(run), run_id=folder.name,
+                  ctx=AuditContext(device=str(device), seed=seed), truth=sim.truth)
+        print(f"    audit of the training set: {time.perf_counter() - t0:.0f}s", flush=True)
+    verdict = read_verdict(run / VERDICT)
+    print(f"    audit: {verdict.headline}", flush=True)
+    return run
 
 
 def slice_table(path: Path, n: int | None, offset: int = 0) -> pa.Table:
@@ -197,6 +232,11 @@ def main() -> None:
                    help="also run the trigger-free residual-backdoor estimate (trainers/purify/residual.py) on the "
                         "backdoored and on every purified model, and score it against the true ASR")
     p.add_argument("--residual-steps", type=int, default=None, help="its reversal steps per class")
+    p.add_argument("--audit", action="store_true",
+                   help="run the default audit on each poisoned training set first and give it to the methods "
+                        "as `vetset purify --audit RUN` does (the class it names is NPD's and SAU's target, auto "
+                        "runs its class-aimed steps and checks the audit's flagged rows); kept under "
+                        "--model-cache when given")
     p.add_argument("--model-cache", default=None,
                    help="folder: keep each backdoored model (state dict + its CA / ASR) keyed by the setting "
                         "and reuse it on the next run (the training is most of a CPU run's time)")
@@ -259,6 +299,13 @@ def main() -> None:
                 torch.save({"state": model.state_dict(), "train_seconds": train_s, "base": base}, cached)
         print(f"[{attack}] trained {arch} in {train_s:.0f}s: CA {base['clean_acc']:.4f} ASR {base['asr']:.4f}",
               flush=True)
+        audit_run, named = None, (None, None)
+        if args.audit:
+            audit_home = (Path(args.model_cache) / f"{key}-audit" if args.model_cache
+                          else Path(tempfile.mkdtemp(prefix="purify-bench-audit-")))
+            audit_run = run_default_audit(sim, audit_home, device, args.seed)
+            named = audit_target(audit_run, sim.dataset.class_names)
+            print(f"[{attack}] audit: {named[1]}", flush=True)
         injected = injected_rows(sim)
         base_injected = target_rate(model, injected, device)
         res_before = residual_of(model, balanced_subset(clean_pool, n_clean, args.seed), args) if args.residual else None
@@ -280,11 +327,11 @@ def main() -> None:
                 purified, info = run_auto(model, arch, clean, test, sim.trigger, schedules, rcfg, device, args.seed,
                                           extra=extra_options.get("auto"),
                                           training_rows=None if args.no_training_rows else row_digests(sim.dataset.images),
-                                          profile=profile)
+                                          profile=profile, audit=audit_run)
             else:
                 # NPD's CPU profile aims its attack at the class the residual estimate names,
                 # as `vetset purify` does (without --residual: each row's most likely wrong class)
-                mcfg, target_note = resolve_estimated_target(make_config(method, dict(options)), res_before)
+                mcfg, target_note = resolve_estimated_target(make_config(method, dict(options)), res_before, named)
                 if target_note:
                     print(f"[{attack}] {method}: {target_note}", flush=True)
                 purified, info = purify(method, copy.deepcopy(model), clean, mcfg, device=device, seed=args.seed)
@@ -300,6 +347,7 @@ def main() -> None:
                    "ca_before": base["clean_acc"], "asr_before": base["asr"],
                    "ca_after": after["clean_acc"], "asr_after": after["asr"], "ra_after": after["ra"],
                    "seconds": seconds, "train_seconds": train_s,
+                   "audit_class": (None if named[0] is None else str(sim.dataset.class_names[named[0]])),
                    "optimizer_steps": info.get("optimizer_steps"), "epochs_run": info.get("epochs_run"),
                    # what the method decided (TSBD's chosen share of channels, NPD's target, ...)
                    "purification": json.loads(json.dumps({k: v for k, v in info.items() if k != "wrapper"},

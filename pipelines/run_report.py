@@ -157,7 +157,9 @@ def render_purify_report(metrics: dict, out: str | Path) -> Path:
                   "yes" if s["method"] == p.get("chosen") else ""] for s in p["steps"]]
         body.append('<section id="steps"><h2>Auto: the methods tried</h2>'
                     + _table(["method", "residual evidence", "clean rows the input model's reversed trigger still moves",
-                              "smallest mask / median", "held-out CA drop", "seconds", "kept"], steps) + "</section>")
+                              "smallest mask / median", "held-out CA drop", "seconds", "kept"], steps)
+                    + "".join(f'<p class="skipped">{html.escape(str(k["method"]))} skipped: {html.escape(str(k["why"]))}'
+                              "</p>" for k in p.get("skipped") or []) + "</section>")
     history = p.get("history") or []
     if history:
         body.append(f'<section id="curves"><h2>Training curves</h2>'

@@ -227,6 +227,55 @@ def test_residual_estimate_marks_a_mask_found_only_after_purification(digits_set
     assert "did not show" in summary["warning"] and "strengthened" in summary["warning"], summary["warning"]
 
 
+def test_auto_runs_its_class_aimed_steps_only_when_a_class_is_known(digits_setup, clean_digits_model):
+    """Auto's default sequence is nc, npd, tsbd, ftsam, sau; NPD (``class_aimed``) runs only
+    when the audit named a class or the residual estimate of the input model shows one. On a
+    model whose estimate shows nothing and without an audit both NC and NPD are skipped, and
+    the skips are recorded with their reasons; with an audit naming a class NPD runs aimed at
+    it; a sequence left with nothing to run is a one-line error giving each reason."""
+    from pipelines.errors import VetsetError
+    from trainers.purify.residual import ResidualConfig, residual_estimate
+    from trainers.purify.run import AutoConfig, auto_config, purify_auto
+
+    assert AutoConfig().sequence == ("nc", "npd", "tsbd", "ftsam", "sau") and AutoConfig().class_aimed == ("npd",)
+    assert auto_config({"class_aimed": ""}).class_aimed == ()
+    with pytest.raises(VetsetError, match="unknown purification method 'magic'"):
+        auto_config({"class_aimed": "magic"})
+    rc = ResidualConfig(rows=40, steps_per_class=120, batch_size=10)
+    clean, names = digits_setup["clean"], digits_setup["clean"].class_names
+    before = residual_estimate(clean_digits_model, clean, rc, device="cpu", seed=0)
+    assert not before["evidence"], before
+    cfg = auto_config({"sequence": "nc,npd,ft", "ft.epochs": 1, "npd.warmup_steps": 0, "npd.steps": 2,
+                       "npd.batch_size": 25})
+    kw = dict(check=None, res_before=before, res_cfg=rc, max_ca_drop=1.0, device="cpu", seed=0, log=None,
+              profile="cpu")
+    _, info = purify_auto(_copy(clean_digits_model), clean, cfg, **kw)
+    assert [s["method"] for s in info["steps"]] == ["ft"], info["steps"]
+    assert [s["method"] for s in info["skipped"]] == ["nc", "npd"], info["skipped"]
+    assert "no class to aim at" in info["skipped"][1]["why"] and "patch-like" in info["skipped"][0]["why"]
+    # the reports say which steps were skipped and why
+    from pipelines.run_report import render_purify_report
+    from trainers.purify.run import report_markdown
+    metrics = {"method": "auto", "source": "m", "arch": "small_cnn", "n_clean": len(clean), "seconds": 1.0,
+               "purification": {**info, "residual_after": None}}
+    assert f"npd skipped: {info['skipped'][1]['why']}" in report_markdown(metrics)
+    out = digits_setup["tmp"] / "auto-skips"
+    out.mkdir(exist_ok=True)
+    assert "npd skipped: no class to aim at" in render_purify_report(metrics, out).read_text()
+    _, info = purify_auto(_copy(clean_digits_model), clean, cfg, audit=(3, f"the audit's class ({names[3]})"), **kw)
+    assert [s["method"] for s in info["steps"]][:1] == ["npd"], info["steps"]
+    assert "the audit's class" in info["steps"][0]["target_source"], info["steps"][0]
+    if info["chosen"] == "npd":
+        assert info["chosen_config"]["target"] == 3, info["chosen_config"]
+    # the published profile aims NPD per row; as auto's step it is aimed there too
+    _, info = purify_auto(_copy(clean_digits_model), clean, cfg, audit=(3, f"the audit's class ({names[3]})"),
+                          **{**kw, "profile": "published"})
+    assert [s["method"] for s in info["steps"]][:1] == ["npd"], info["steps"]
+    assert "the audit's class" in info["steps"][0]["target_source"], info["steps"][0]
+    with pytest.raises(VetsetError, match="no method left to try.*nc: .*npd: no class to aim at"):
+        purify_auto(_copy(clean_digits_model), clean, auto_config({"sequence": "nc,npd"}), **kw)
+
+
 def test_npd_on_the_cpu_profile_aims_at_the_class_the_residual_estimate_names(digits_setup):
     """NPD's CPU profile takes ``target="estimate"``: the residual estimate of the input model
     (run before purifying anyway) names the BadNets target here (class 0, as in the auto test

@@ -16,8 +16,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dict", help=".safetensors or torch state dict that fits --arch")
     p.add_argument("--clean", required=True, help="the small clean set")
     p.add_argument("--method", required=True,
-                   help="sau, npd, ftsam, tsbd, awm, ft, fp, nc, strip, or auto (nc, tsbd, ftsam, sau in turn until the "
-                        "residual estimate finds no backdoor; --set sequence=... and --set tsbd.steps=...)")
+                   help="sau, npd, ftsam, tsbd, awm, ft, fp, nc, strip, or auto (nc, npd, tsbd, ftsam, sau in turn until the "
+                        "residual estimate finds no backdoor; npd only with a class from --audit or the estimate; "
+                        "--set sequence=... and --set tsbd.steps=...)")
     p.add_argument("--test", help="test set for CA (and ASR / RA / DER with --trigger)")
     p.add_argument("--trigger", help="trigger.json written by `vetset poison`")
     p.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
