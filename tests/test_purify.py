@@ -241,6 +241,9 @@ def test_auto_runs_its_class_aimed_steps_only_when_a_class_is_known(digits_setup
     assert auto_config({"class_aimed": ""}).class_aimed == ()
     with pytest.raises(VetsetError, match="unknown purification method 'magic'"):
         auto_config({"class_aimed": "magic"})
+    with pytest.raises(VetsetError, match="tsbd cannot be class-aimed"):
+        auto_config({"class_aimed": "tsbd"})
+    assert auto_config({"class_aimed": "npd,sau"}).class_aimed == ("npd", "sau")
     rc = ResidualConfig(rows=40, steps_per_class=120, batch_size=10)
     clean, names = digits_setup["clean"], digits_setup["clean"].class_names
     before = residual_estimate(clean_digits_model, clean, rc, device="cpu", seed=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -596,6 +596,9 @@ def auto_config(options: dict | None) -> AutoConfig:
         if m == AUTO or m == "strip":
             raise VetsetError(f"auto: {m!r} cannot be a step (it does not change the model's weights)")
         PURIFIERS.get(m)
+    for m in aimed:
+        if "target" not in {f.name for f in fields(PURIFIERS.get(m).config)}:
+            raise VetsetError(f"auto: {m} cannot be class-aimed (it has no target option)")
     per: dict[str, dict] = {}
     for key, value in options.items():
         name, dot, opt = str(key).partition(".")
