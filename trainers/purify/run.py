@@ -631,12 +631,14 @@ def purify_auto(model, clean: ImageDataset, cfg: AutoConfig, *, check: HeldOutCh
             skipped.append({"method": name, "why": "the input model shows no patch-like backdoor to unlearn"})
             continue
         mcfg = make_config(name, cfg.options.get(name), profile)
-        if name in cfg.class_aimed and getattr(mcfg, "target", None) is None:
+        aimed = name in cfg.class_aimed  # auto_config checked that these have a target option
+        if aimed and mcfg.target is None:
             mcfg = replace(mcfg, target=ESTIMATE)  # aimed on every profile (the published one aims per row)
         mcfg, target_note = resolve_estimated_target(mcfg, res_before, audit)
-        if name in cfg.class_aimed and getattr(mcfg, "target", None) is None:
-            skipped.append({"method": name, "why": "no class to aim at (the audit named none and the residual "
-                                                   "estimate of the input model shows none)"})
+        if aimed and mcfg.target is None:
+            estimate = "was not run" if res_before is None else "shows no patch-like backdoor"
+            skipped.append({"method": name, "why": f"no class to aim at ({audit[1] or 'no audit was given'}; the "
+                                                   f"residual estimate of the input model {estimate})"})
             continue
         planned.append((name, mcfg, target_note))
     if not planned:
