@@ -31,8 +31,8 @@ class FTSAMConfig:
         check_steps("steps", self.steps)
 
 
-# CPU: 500 steps of batch 128 (published 1,000 steps of batch 256). At batch 256 a step took 0.6-0.8 s
-# on preact_resnet_small at two threads on a CPU without AVX-512 (500 steps in 300-410 s, over 5
+# CPU: 500 steps of batch 128 (published 1,000 steps of batch 256). At batch 256 a step took 0.5-0.8 s
+# on preact_resnet_small at two threads on a CPU without AVX-512 (500 steps in 260-410 s, up to 7
 # minutes); batch 128 takes 110-139 s on that CPU and removed Blended / SIG as well (3 seeds each,
 # CA up). 900 steps left BadNets / the patch at 12-13% ASR, and so did every rho up to 6; rho 8 cost
 # 7-9 CA points: docs/benchmarks.md
