@@ -33,12 +33,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detectors import add_feature_pcs, refresh_evidence  # noqa: E402
-
-from cleansers.fusion import fuse_and_decide  # noqa: E402
-from pipelines.metrics import audit_metrics  # noqa: E402
+from detectors import decide_saved  # noqa: E402
 
 
 def split_ceiling(x: np.ndarray, injected: np.ndarray, folds: int = 5, seed: int = 0) -> dict:
@@ -78,11 +74,8 @@ def threshold_ceiling(score: np.ndarray, positive: np.ndarray, negative: np.ndar
 def cell_ceiling(saved: dict, max_fpr: float = 0.02) -> dict:
     """The verdict's figures and the ceilings of one saved cell (see the module docstring)."""
     results, ds, truth = saved["results"], saved["dataset"], saved["truth"]
-    for r in results:
-        refresh_evidence(r)
-        add_feature_pcs(r, saved)
-    frame, verdict = fuse_and_decide(ds, results, None)
-    metrics = audit_metrics(frame, truth, [r.name for r in results])["fused"]
+    _, verdict, metrics = decide_saved(saved)
+    metrics = metrics["fused"]
     poisoned = truth["is_poisoned"].to_numpy(bool)
     noisy = truth["is_noisy"].to_numpy(bool)
     clean = ~(poisoned | noisy)

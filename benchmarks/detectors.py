@@ -253,17 +253,23 @@ def add_feature_pcs(result, saved: dict) -> None:
     result.arrays["feature_pcs"] = class_feature_pcs(feats, saved["dataset"].labels, cfg.feature_pcs, cfg.min_rows)
 
 
+def decide_saved(saved: dict, config: FusionConfig | None = None):
+    """The verdict again on one saved cell with the current rules (no training): (scores
+    frame, verdict, metrics per detector and fused)."""
+    for r in saved["results"]:
+        refresh_evidence(r)
+        add_feature_pcs(r, saved)
+    frame, verdict = fuse_and_decide(saved["dataset"], saved["results"], config)
+    return frame, verdict, audit_metrics(frame, saved["truth"], [r.name for r in saved["results"]])
+
+
 def redecide(folder: Path, config: FusionConfig | None = None, verbose: bool = False) -> list[dict]:
     """The verdict again on every saved cell of ``folder`` (no training)."""
     rows = []
     for path in sorted(folder.glob("*.pkl")):
         with path.open("rb") as f:
             saved = pickle.load(f)
-        for r in saved["results"]:
-            refresh_evidence(r)
-            add_feature_pcs(r, saved)
-        frame, verdict = fuse_and_decide(saved["dataset"], saved["results"], config)
-        metrics = audit_metrics(frame, saved["truth"], [r.name for r in saved["results"]])
+        _, verdict, metrics = decide_saved(saved, config)
         rows += cell_rows(saved["cell"], metrics, verdict, [r.name for r in saved["results"]])
         if verbose:
             print(path.stem, verdict.headline[:200])
